@@ -1,0 +1,146 @@
+"""EventSource/EventBuffer contract, run against the in-memory fake and real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import fresh_redis
+from tests.factories import T0, event
+from worker.adapters.memory import InMemoryEventBuffer
+from worker.adapters.redis_store import RedisEventBuffer
+from worker.recsys_core.types import AppendStatus
+from worker.recsys_core.ports import EventBuffer
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def buffer(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[EventBuffer]:
+    if request.param == "memory":
+        yield InMemoryEventBuffer(window_days=30)
+        return
+    async with fresh_redis(redis_url) as client:
+        yield RedisEventBuffer(client, window_days=30)
+
+
+class TestEventBufferContract:
+    async def test_is_an_event_buffer(self, buffer: EventBuffer) -> None:
+        assert isinstance(buffer, EventBuffer)
+
+    async def test_unknown_user_has_no_events(self, buffer: EventBuffer) -> None:
+        assert await buffer.fetch_events("nobody") == []
+
+    async def test_append_then_fetch_roundtrips_oldest_first(self, buffer: EventBuffer) -> None:
+        evs = [event(content="2", days=2, price=9.5, currency="EUR"), event(content="1", days=1)]
+        for ev in evs:
+            assert await buffer.append(ev) is True
+        assert await buffer.fetch_events("u1") == [evs[1], evs[0]]
+
+    async def test_redelivered_event_is_a_noop(self, buffer: EventBuffer) -> None:
+        ev = event(content="1", mid="m-1")
+        assert await buffer.append(ev) is True
+        assert await buffer.append(ev) is False
+        assert await buffer.fetch_events("u1") == [ev]
+
+    async def test_same_id_different_body_is_a_conflict_and_keeps_the_first(
+        self, buffer: EventBuffer
+    ) -> None:
+        first = event(content="1", mid="m-1", quantity=2)
+        second = event(content="1", mid="m-1", quantity=5)
+        statuses = await buffer.append_many([first, second])  # type: ignore[attr-defined]
+        assert statuses == [AppendStatus.ADDED, AppendStatus.CONFLICT]
+        assert await buffer.fetch_events("u1") == [first]
+
+    async def test_prunes_by_event_time_relative_to_newest(self, buffer: EventBuffer) -> None:
+        old = event(content="1", days=0)
+        mid = event(content="2", days=10)
+        await buffer.append(old)
+        await buffer.append(mid)
+        assert len(await buffer.fetch_events("u1")) == 2
+        new = event(content="3", days=35)  # old is now 35 days behind the newest
+        await buffer.append(new)
+        assert await buffer.fetch_events("u1") == [mid, new]
+
+    async def test_late_event_outside_window_does_not_stay(self, buffer: EventBuffer) -> None:
+        new = event(content="3", days=100)
+        await buffer.append(new)
+        await buffer.append(event(content="1", days=1))
+        assert await buffer.fetch_events("u1") == [new]
+
+    async def test_window_boundary_is_inclusive(self, buffer: EventBuffer) -> None:
+        edge = event(content="1", at=T0)
+        new = event(content="2", at=T0 + timedelta(days=30))
+        await buffer.append(edge)
+        await buffer.append(new)
+        assert await buffer.fetch_events("u1") == [edge, new]
+
+    async def test_users_are_isolated(self, buffer: EventBuffer) -> None:
+        a, b = event(user="a", content="1"), event(user="b", content="2")
+        await buffer.append_many([a, b])  # type: ignore[attr-defined]
+        assert await buffer.fetch_events("a") == [a]
+        assert await buffer.fetch_events("b") == [b]
+
+    async def test_final_state_is_independent_of_arrival_order(self, buffer: EventBuffer) -> None:
+        evs = [event(content=str(i), days=i * 7) for i in range(8)]
+        for ev in reversed(evs):
+            await buffer.append(ev)
+        forward = InMemoryEventBuffer(window_days=30)
+        for ev in evs:
+            await forward.append(ev)
+        assert await buffer.fetch_events("u1") == await forward.fetch_events("u1")
+
+    async def test_batch_statuses_in_input_order(self, buffer: EventBuffer) -> None:
+        a = event(user="a", content="1", mid="x")
+        b = event(user="b", content="1", mid="y")
+        out = await buffer.append_many([a, b, a])  # type: ignore[attr-defined]
+        assert out == [AppendStatus.ADDED, AppendStatus.ADDED, AppendStatus.DUPLICATE]
+
+
+async def test_redis_keys_expire_with_wall_clock_ttl(redis_client) -> None:  # type: ignore[no-untyped-def]
+    buf = RedisEventBuffer(redis_client, window_days=30, ttl_seconds=1234)
+    await buf.append(event(user="ttl", content="1"))
+    keys = sorted(k.decode() for k in await redis_client.keys("rw:{ttl}:*"))
+    assert keys == ["rw:{ttl}:h", "rw:{ttl}:z"]
+    for k in keys:
+        assert 0 < await redis_client.ttl(k) <= 1234
+
+
+async def test_redis_unreachable_raises_transient_error() -> None:
+    from redis.asyncio import Redis
+
+    from tests.servers import free_port
+    from worker.recsys_core.errors import TransientStoreError
+
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
+                   retry=Retry(NoBackoff(), 0))
+    buf = RedisEventBuffer(client)
+    with pytest.raises(TransientStoreError):
+        await buf.append(event())
+    with pytest.raises(TransientStoreError):
+        await buf.fetch_events("u1")
+    await client.aclose()
+
+
+class TestPopularityContract:
+    async def test_counts_new_events_once_and_ranks_by_weight(self, buffer: EventBuffer) -> None:
+        evs = [
+            event(user="a", content="1", kind="purchase", weight=5.0),
+            event(user="b", content="2", weight=1.0),
+            event(user="c", content="2", weight=1.0),
+            event(user="d", content="3", kind="remove_from_cart", weight=-1.0),
+        ]
+        await buffer.append_many(evs)  # type: ignore[attr-defined]
+        await buffer.append_many(evs)  # redelivery: no double count
+        top = await buffer.popular(10)  # type: ignore[attr-defined]
+        assert [cid for cid, _ in top] == ["1", "2"]
+        assert top[0][1] / top[1][1] == pytest.approx(2.5)
+
+    async def test_stale_event_is_reported_and_not_counted(self, buffer: EventBuffer) -> None:
+        await buffer.append(event(content="9", days=100))
+        (status,) = await buffer.append_many([event(content="1", days=1)])  # type: ignore[attr-defined]
+        assert status is AppendStatus.STALE
+        assert [c for c, _ in await buffer.popular(10)] == ["9"]  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""The pure core: types, ports, signals, scoring and ranking. No IO, no drivers."""

@@ -1,0 +1,48 @@
+"""Pure scoring helpers: graded tag match and cosine similarity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from worker.recsys_core.types import Vector
+
+
+def score_tag(affinities: Mapping[str, float], tags: Iterable[str]) -> float:
+    """Graded tag score of an item for a user, in [-2, 2].
+
+    Each of the item's tags contributes the user's affinity for it relative to
+    the user's strongest positive affinity; contributions are sorted and halved
+    at each step, so one strong match counts most and many weak ones cannot
+    outweigh it. Disliked tags (negative affinity) pull the score down.
+    """
+    if not affinities:
+        return 0.0
+    top = max(affinities.values())
+    scale = top if top > 0 else max(abs(v) for v in affinities.values())
+    if scale == 0:
+        return 0.0
+    matched = sorted(
+        (affinities[t] / scale for t in set(tags) if t in affinities),
+        key=lambda v: -abs(v),
+    )
+    return sum(v * (0.5**i) for i, v in enumerate(matched))
+
+
+def top_tags(affinities: Mapping[str, float], n: int) -> list[str]:
+    """The ``n`` most liked tags (positive affinity only), strongest first."""
+    pos = [(t, w) for t, w in affinities.items() if w > 0]
+    pos.sort(key=lambda tw: (-tw[1], tw[0]))
+    return [t for t, _ in pos[:n]]
+
+
+def cosine(a: Vector, b: Vector) -> float:
+    """Cosine similarity; 0.0 when either vector is zero or sizes differ."""
+    if len(a) != len(b):
+        return 0.0
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    if na == 0 or nb == 0:
+        return 0.0
+    return dot / (na * nb)

@@ -1,0 +1,108 @@
+"""``compute_signals``: a user's buffered window -> ``UserSignals``. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+
+from worker.recsys_core.config import SignalConfig
+from worker.recsys_core.types import Content, InteractionEvent, UserSignals, Vector
+
+_MS_PER_DAY = 86_400_000.0
+
+
+def event_weight(event: InteractionEvent, config: SignalConfig) -> float:
+    """The signed base weight of one event before time decay."""
+    override = config.type_weights.get(event.event_type)
+    if override is not None:
+        return override
+    if event.event_type == "rate":
+        if event.weight is None:
+            return 0.0
+        return event.weight - config.rating_neutral
+    return event.weight if event.weight is not None else 0.0
+
+
+def decay(age_ms: float, half_life_days: float) -> float:
+    """Exponential decay factor for an event ``age_ms`` older than the newest."""
+    if half_life_days <= 0 or age_ms <= 0:
+        return 1.0
+    return 0.5 ** (age_ms / (half_life_days * _MS_PER_DAY))
+
+
+def compute_signals(
+    user_id: str,
+    events: Sequence[InteractionEvent],
+    *,
+    contents: Mapping[str, Content],
+    vectors: Mapping[str, Vector],
+    config: SignalConfig,
+) -> UserSignals | None:
+    """Derive signals from the buffered window only, so pruning really forgets.
+
+    Everything is relative to the newest event (event time), which makes the
+    result a function of the window alone: a replay rebuilds exactly the same
+    signals. Returns None for an empty window.
+    """
+    if not events:
+        return None
+    newest = max(e.timestamp for e in events)
+    newest_ms = newest.timestamp() * 1000.0
+    item_weights: dict[str, float] = defaultdict(float)
+    last_seen: dict[str, float] = {}
+    counts: Counter[str] = Counter()
+    for ev in events:
+        ts_ms = ev.timestamp.timestamp() * 1000.0
+        counts[ev.event_type] += 1
+        w = event_weight(ev, config) * decay(newest_ms - ts_ms, config.half_life_days)
+        item_weights[ev.content_id] += w
+        if ts_ms >= last_seen.get(ev.content_id, -math.inf):
+            last_seen[ev.content_id] = ts_ms
+
+    tags: dict[str, float] = defaultdict(float)
+    for cid, w in item_weights.items():
+        content = contents.get(cid)
+        if content is None:
+            continue
+        for tag in content.tags:
+            tags[tag] += w
+    top_tags = sorted(tags.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[: config.max_tags]
+
+    recent = sorted(last_seen, key=lambda c: (-last_seen[c], c))[: config.max_recent]
+    return UserSignals(
+        user_id=user_id,
+        as_of=newest,
+        event_count=len(events),
+        counts_by_type=dict(sorted(counts.items())),
+        item_weights={c: round(w, 6) for c, w in sorted(item_weights.items())},
+        tag_affinities={t: round(w, 6) for t, w in top_tags},
+        recent_ids=tuple(recent),
+        seen_ids=frozenset(item_weights),
+        preference_vector=preference_vector(item_weights, vectors, limit=config.max_vector_items),
+    )
+
+
+def preference_vector(
+    item_weights: Mapping[str, float], vectors: Mapping[str, Vector], *, limit: int = 50
+) -> tuple[float, ...] | None:
+    """Weighted centroid of the ``limit`` heaviest positive items' vectors, L2-normalised."""
+    top = sorted(
+        ((c, w) for c, w in item_weights.items() if w > 0 and c in vectors),
+        key=lambda cw: (-cw[1], cw[0]),
+    )[:limit]
+    acc: list[float] | None = None
+    for cid, w in top:
+        vec = vectors[cid]
+        if acc is None:
+            acc = [0.0] * len(vec)
+        if len(vec) != len(acc):
+            continue
+        for i, x in enumerate(vec):
+            acc[i] += w * x
+    if acc is None:
+        return None
+    norm = math.sqrt(sum(x * x for x in acc))
+    if norm == 0:
+        return None
+    return tuple(round(x / norm, 6) for x in acc)
