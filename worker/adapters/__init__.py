@@ -1,0 +1,1 @@
+"""Adapters: translate external systems (RudderStack, Redis, Kafka, Qdrant) to the core."""

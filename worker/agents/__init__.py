@@ -1,0 +1,1 @@
+"""Faust agents: thin wiring between topics, the table and the services."""

@@ -1,0 +1,63 @@
+"""Recommend: requests keyed by user id -> reply topic, answered from the table.
+
+The requests topic has the table's partition count and the same (murmur2) key
+partitioning, so the worker that owns a user's signals answers for that user
+from local memory; Redis is the fallback when the table has no entry.
+
+Replies follow Faust's request/reply protocol: the request carries headers
+``Faust-Ag-ReplyTo`` and ``Faust-Ag-CorrelationId``; Faust sends what the agent
+yields to that topic wrapped with the correlation id. A malformed request gets an
+error reply; nothing a caller sends can crash the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from worker.recsys_core.codec import recommendation_to_dict, signals_from_dict
+from worker.recsys_core.errors import TransientStoreError
+from worker.serving import BadRequest, parse_request
+
+if TYPE_CHECKING:
+    from worker.app import RecsysApp
+
+log = logging.getLogger("worker.recommend")
+
+
+def register_recommend(app: RecsysApp, table: Any) -> None:
+    s = app.settings
+    svc = app.services
+    stats = app.stats
+    requests_topic = app.topic(
+        s.requests_topic, partitions=s.topic_partitions, internal=True
+    )
+
+    async def answer(value: Any) -> dict[str, Any]:
+        try:
+            req = parse_request(value, max_k=s.max_k, max_bytes=s.max_request_bytes)
+        except BadRequest as exc:
+            stats.requests_failed += 1
+            return {"error": "bad_request", "detail": str(exc)}
+        try:
+            raw = table.get(req.user_id.encode())
+            signals = signals_from_dict(orjson.loads(raw)) if raw else None
+            if signals is None:
+                signals = await svc.adapters.users.get_signals(req.user_id)
+            rec = await svc.recommender.recommend(req, signals)
+        except TransientStoreError as exc:
+            stats.requests_failed += 1
+            return {"error": "unavailable", "detail": str(exc), "user_id": req.user_id}
+        except Exception as exc:  # a bug must not kill the agent: answer and log
+            log.exception("request failed")
+            stats.requests_failed += 1
+            return {"error": "internal", "detail": type(exc).__name__, "user_id": req.user_id}
+        stats.requests_served += 1
+        return recommendation_to_dict(rec)
+
+    @app.agent(requests_topic, name="recommend")
+    async def recommend(stream: Any) -> Any:
+        async for value in stream:
+            yield await answer(value)

@@ -1,0 +1,87 @@
+"""A read-through cache in front of a ContentStore's ``get`` and ``get_vectors``.
+
+The ingest path looks up the same items again and again (every event recomputes
+its user's signals from the whole window); the catalogue changes rarely. Entries
+expire after ``ttl_seconds`` so catalogue updates are picked up, and the cache is
+bounded (least recently used entries go first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+from worker.recsys_core.ports import ContentStore
+from worker.recsys_core.types import Candidate, Content, Vector
+
+_MISSING = object()
+
+
+class _LRU:
+    def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
+        self.maxsize, self.ttl, self.clock = maxsize, ttl, clock
+        self.data: OrderedDict[str, tuple[float, object]] = OrderedDict()
+
+    def get(self, key: str) -> object:
+        hit = self.data.get(key)
+        if hit is None or hit[0] < self.clock():
+            return _MISSING
+        self.data.move_to_end(key)
+        return hit[1]
+
+    def put(self, key: str, value: object) -> None:
+        self.data[key] = (self.clock() + self.ttl, value)
+        self.data.move_to_end(key)
+        while len(self.data) > self.maxsize:
+            self.data.popitem(last=False)
+
+
+class CachedContentStore:
+    """ContentStore decorator caching ``get``/``get_vectors`` (misses cached too)."""
+
+    def __init__(
+        self,
+        inner: ContentStore,
+        *,
+        maxsize: int = 200_000,
+        ttl_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self._contents = _LRU(maxsize, ttl_seconds, clock)
+        self._vectors = _LRU(maxsize, ttl_seconds, clock)
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, ids: Iterable[str]) -> dict[str, Content]:
+        return await self._cached(ids, self._contents, self.inner.get)  # type: ignore[return-value]
+
+    async def get_vectors(self, ids: Iterable[str]) -> dict[str, Vector]:
+        return await self._cached(ids, self._vectors, self.inner.get_vectors)  # type: ignore[return-value]
+
+    async def _cached(self, ids: Iterable[str], lru: _LRU, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        out: dict[str, object] = {}
+        todo: list[str] = []
+        for cid in dict.fromkeys(ids):
+            val = lru.get(cid)
+            if val is _MISSING:
+                todo.append(cid)
+            elif val is not None:
+                out[cid] = val
+        self.hits += len(out)
+        if todo:
+            self.misses += len(todo)
+            found = await fetch(todo)
+            for cid in todo:
+                val = found.get(cid)
+                lru.put(cid, val)
+                if val is not None:
+                    out[cid] = val
+        return out
+
+    async def search_vector(self, vector: Vector, *, limit: int) -> list[Candidate]:
+        return await self.inner.search_vector(vector, limit=limit)
+
+    async def search_tags(self, tag_keys: Sequence[str], *, limit: int) -> list[Candidate]:
+        return await self.inner.search_tags(tag_keys, limit=limit)

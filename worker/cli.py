@@ -1,0 +1,182 @@
+"""Command line: ``python -m worker worker|ask|produce|load-catalog``.
+
+``worker`` hands over to Faust's own CLI (same options as ``faust worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from worker.recsys_core.errors import ConfigurationError, TransientStoreError
+from worker.settings import Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka security options from the settings."""
+    from worker.app import broker_credentials
+
+    opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    creds = broker_credentials(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None
+        opts.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_context=creds.ssl_context,
+        )
+    elif settings.kafka_security_protocol == "SSL":
+        opts["ssl_context"] = creds
+    return opts
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """recsys-worker: real-time personalisation on Kafka, Redis and Qdrant."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the Faust worker (extra options go to Faust, e.g. -l info)."""
+    settings = _settings()
+    from worker.app import create_app
+    from worker.logs import configure_logging
+
+    from worker.topics import ensure_topics
+
+    configure_logging(settings)
+    try:
+        asyncio.run(ensure_topics(settings, kafka_options(settings)))
+        app = create_app(settings)
+    except (ConfigurationError, TransientStoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    args = list(ctx.args)
+    if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
+        args = ["-l", settings.log_level.lower(), *args]
+    sys.argv = [sys.argv[0], "worker", *args]
+    app.main()
+
+
+@cli.command()
+@click.argument("user_id")
+@click.option("--k", "k", default=10, show_default=True, help="How many items.")
+@click.option("--query", default=None, help="Free text to match (cold start).")
+@click.option("--exclude", multiple=True, help="Content id to leave out (repeatable).")
+@click.option("--timeout", default=None, type=float, help="Seconds to wait for the reply.")
+def ask(user_id: str, k: int, query: str | None, exclude: tuple[str, ...],
+        timeout: float | None) -> None:
+    """Ask the running worker for USER_ID's recommendations (prints JSON)."""
+    settings = _settings()
+    from worker.client import RecsysClient, RequestTimeout
+
+    async def run() -> dict[str, Any]:
+        async with RecsysClient(
+            settings.bootstrap_servers,
+            requests_topic=settings.requests_topic,
+            timeout=timeout or settings.request_timeout_s,
+            **kafka_options(settings),
+        ) as client:
+            return await client.recommend(user_id, k=k, query=query,
+                                          exclude=list(exclude) or None)
+
+    try:
+        reply = asyncio.run(run())
+    except RequestTimeout as exc:
+        raise click.ClickException(f"{exc} (is the worker running?)") from None
+    click.echo(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    if "error" in reply:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--topic", default=None, help="Topic (default: EVENTS_TOPIC).")
+def produce(path: Path, topic: str | None) -> None:
+    """Send each line of a JSONL file, as raw bytes, to the events topic.
+
+    Records are keyed like RudderStack's Kafka destination: by userId, else
+    anonymousId.
+    """
+    settings = _settings()
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers,
+                                    linger_ms=5, acks="all", **kafka_options(settings))
+        await producer.start()
+        n = 0
+        try:
+            with path.open("rb") as fh:
+                for line in fh:
+                    line = line.rstrip(b"\r\n")
+                    if not line:
+                        continue
+                    await producer.send(topic or settings.events_topic, value=line,
+                                        key=_rudder_key(line))
+                    n += 1
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return n
+
+    n = asyncio.run(run())
+    click.echo(f"sent {n} records to {topic or settings.events_topic}")
+
+
+def _rudder_key(line: bytes) -> bytes | None:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    uid = obj.get("userId") or obj.get("anonymousId")
+    return str(uid).encode() if isinstance(uid, str | int) and uid != "" else None
+
+
+@cli.command("load-catalog")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--limit", default=None, type=int, help="Load only the first N items.")
+def load_catalog_cmd(path: Path, limit: int | None) -> None:
+    """Embed a catalogue (MovieLens movies.csv or JSONL) into Qdrant."""
+    settings = _settings()
+    from tqdm import tqdm
+
+    from worker.bootstrap import build_adapters
+    from worker.catalog import load_catalog, read_catalog
+
+    items = read_catalog(path)[:limit]
+
+    async def run() -> int:
+        adapters = build_adapters(settings)
+        try:
+            await adapters.content.ensure_collection(adapters.embedder.dim)
+            with tqdm(total=len(items), unit="item", desc="embedding") as bar:
+                return await load_catalog(items, store=adapters.content,
+                                          embedder=adapters.embedder, progress=bar)
+        finally:
+            await adapters.aclose()
+
+    try:
+        n = asyncio.run(run())
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"loaded {n} items into {settings.qdrant_collection}")
+
+
+def main() -> None:
+    cli(prog_name="python -m worker")

@@ -1,0 +1,177 @@
+"""The ingest path as plain async code: parse a batch of raw records, apply a batch
+of interactions. The Faust agents, the replay command and the evaluation all call
+this, so they measure and run the same product.
+
+gather -> decide (pure) -> apply:
+  raw bytes -> ``parse_record`` (pure) -> dead letters | interactions
+  interactions -> buffer.append_many (idempotent) -> fetch windows -> catalogue
+  lookups -> ``compute_signals`` (pure) -> save signals
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from worker.adapters.rudderstack import parse_record
+from worker.recsys_core.codec import event_from_dict, event_to_dict, signals_to_dict
+from worker.recsys_core.config import SignalConfig
+from worker.recsys_core.ports import ContentStore, UserModelStore
+from worker.recsys_core.signals import compute_signals
+from worker.recsys_core.types import AppendStatus, InteractionEvent, UserSignals
+
+
+class BatchBuffer(Protocol):
+    """The buffer operations the pipeline needs (RedisEventBuffer and its fake)."""
+
+    async def append_many(self, events: Sequence[InteractionEvent]) -> list[AppendStatus]: ...
+
+    async def fetch_many(self, user_ids: Sequence[str]) -> list[list[InteractionEvent]]: ...
+
+
+class SignalsWriter(UserModelStore, Protocol):
+    async def save_many(self, many: Sequence[UserSignals]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An unusable record: the original bytes, why, and where it came from."""
+
+    key: bytes | None
+    value: bytes
+    reason: str
+    detail: str
+    source: str = ""
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    interactions: list[InteractionEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0  # no interaction by design (identify, heartbeat, ...)
+
+
+def parse_batch(
+    records: Sequence[tuple[bytes | None, bytes, str]], *, now: datetime | None = None
+) -> ParsedBatch:
+    """Normalise raw records ``(key, value, source)``; never raises."""
+    out = ParsedBatch()
+    for key, value, source in records:
+        res = parse_record(value, now=now)
+        if res.outcome == "interactions":
+            out.interactions.extend(res.interactions)
+        elif res.outcome == "rejected":
+            out.dead_letters.append(
+                DeadLetter(key, value if isinstance(value, bytes) else bytes(value or b""),
+                           res.reason or "rejected", res.detail or "", source)
+            )
+        else:
+            out.skipped += 1
+    return out
+
+
+def encode_interactions(events: Sequence[InteractionEvent]) -> bytes:
+    """One repartition message: a JSON list of compact events."""
+    return orjson.dumps([event_to_dict(e) for e in events])
+
+
+def decode_interactions(value: bytes) -> list[InteractionEvent]:
+    """Inverse of :func:`encode_interactions`."""
+    return [event_from_dict(d) for d in orjson.loads(value)]
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    statuses: list[AppendStatus]
+    signals: dict[str, UserSignals]
+    conflicts: list[InteractionEvent]
+
+    @property
+    def added(self) -> int:
+        return sum(1 for s in self.statuses if s is AppendStatus.ADDED)
+
+
+class IngestPipeline:
+    """Applies interactions to the stores. Every step is idempotent."""
+
+    def __init__(
+        self,
+        *,
+        buffer: BatchBuffer,
+        users: SignalsWriter,
+        content: ContentStore,
+        signal_config: SignalConfig,
+    ) -> None:
+        self.buffer = buffer
+        self.users = users
+        self.content = content
+        self.signal_config = signal_config
+
+    async def apply(self, events: Sequence[InteractionEvent]) -> ApplyResult:
+        """Append, then recompute and save the signals of every touched user.
+
+        Users are recomputed even when all their events were duplicates: after
+        a crash between append and save, the redelivery must still save.
+        """
+        statuses = await self.buffer.append_many(events)
+        conflicts = [e for e, s in zip(events, statuses, strict=True)
+                     if s is AppendStatus.CONFLICT]
+        users = list(dict.fromkeys(e.user_id for e in events))
+        windows = await self.buffer.fetch_many(users)
+        ids = {e.content_id for w in windows for e in w}
+        contents = await self.content.get(ids)
+        vectors = await self.content.get_vectors(ids)
+        signals: dict[str, UserSignals] = {}
+        for uid, window in zip(users, windows, strict=True):
+            s = compute_signals(uid, window, contents=contents, vectors=vectors,
+                                config=self.signal_config)
+            if s is not None:
+                signals[uid] = s
+        if signals:
+            await self.users.save_many(list(signals.values()))
+        return ApplyResult(statuses, signals, conflicts)
+
+
+def signals_bytes(s: UserSignals) -> bytes:
+    """Signals as the JSON bytes kept in the Faust table."""
+    return orjson.dumps(signals_to_dict(s))
+
+
+def group_by_partition(
+    events: Sequence[InteractionEvent], partitions: int
+) -> dict[int, list[InteractionEvent]]:
+    """Group events by the partition Kafka's default (murmur2) partitioner gives
+    their user id: the partition of the signals table and of requests keyed by it.
+    """
+    from aiokafka.partitioner import murmur2
+
+    out: dict[int, list[InteractionEvent]] = defaultdict(list)
+    cache: dict[str, int] = {}
+    for ev in events:
+        p = cache.get(ev.user_id)
+        if p is None:
+            p = (murmur2(ev.user_id.encode()) & 0x7FFFFFFF) % partitions
+            cache[ev.user_id] = p
+        out[p].append(ev)
+    return out
+
+
+def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
+    """Kafka headers carried by a dead-lettered record."""
+    return [
+        ("x-dlq-reason", dl.reason.encode()),
+        ("x-dlq-detail", dl.detail.encode("utf-8", "replace")[:1024]),
+        ("x-dlq-source", dl.source.encode()),
+    ]
+
+
+def conflict_dead_letter(ev: InteractionEvent) -> DeadLetter:
+    """A same-id-different-body event, dead-lettered as its normalised JSON."""
+    body: dict[str, Any] = event_to_dict(ev)
+    return DeadLetter(ev.user_id.encode(), orjson.dumps(body), "message_id_conflict",
+                      f"message id {ev.message_id} was already stored with another body")

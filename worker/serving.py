@@ -1,0 +1,112 @@
+"""Answering a recommendation request: recall from several sources, rank (pure).
+
+Used by the Faust recommend agent and, in-process, by the evaluation, so both
+measure the same code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from worker.recsys_core.config import RankConfig
+from worker.recsys_core.ports import ContentStore, EmbeddingModel
+from worker.recsys_core.ranking import rank
+from worker.recsys_core.scoring import top_tags
+from worker.recsys_core.types import Candidate, Recommendation, UserSignals
+
+_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+
+
+class PopularitySource(Protocol):
+    async def popular(self, limit: int) -> list[tuple[str, float]]: ...
+
+
+class BadRequest(ValueError):
+    """A request that cannot be served; the reply says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    user_id: str
+    k: int = 10
+    query: str | None = None
+    exclude: tuple[str, ...] = ()
+
+
+def parse_request(value: Any, *, max_k: int, max_bytes: int) -> Request:
+    """Validate a request (bytes of JSON or a dict); raise ``BadRequest``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        if len(value) > max_bytes:
+            raise BadRequest(f"request is {len(value)} bytes; the limit is {max_bytes}")
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"request is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request must be a JSON object")
+    uid = value.get("user_id")
+    if isinstance(uid, int) and not isinstance(uid, bool):
+        uid = str(uid)
+    if not isinstance(uid, str) or not _ID_RE.match(uid):
+        raise BadRequest("user_id must be a string of 1-256 printable characters")
+    k = value.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
+        raise BadRequest(f"k must be an integer between 1 and {max_k}")
+    query = value.get("query")
+    if query is not None and (not isinstance(query, str) or len(query) > 1000):
+        raise BadRequest("query must be a string of at most 1000 characters")
+    exclude = value.get("exclude") or []
+    if not isinstance(exclude, list) or len(exclude) > 1000 or not all(
+        isinstance(x, str) and len(x) <= 128 for x in exclude
+    ):
+        raise BadRequest("exclude must be a list of at most 1000 content ids")
+    return Request(uid, k, query or None, tuple(exclude))
+
+
+class Recommender:
+    """Recall (preference vector, top tags, query text, popularity) + pure ranking."""
+
+    def __init__(
+        self,
+        *,
+        content: ContentStore,
+        embedder: EmbeddingModel,
+        popularity: PopularitySource,
+        rank_config: RankConfig,
+        extra_recall: Sequence[Callable[[UserSignals, int], Awaitable[list[Candidate]]]] = (),
+    ) -> None:
+        self.content = content
+        self.embedder = embedder
+        self.popularity = popularity
+        self.rank_config = rank_config
+        self.extra_recall = extra_recall
+
+    async def recommend(self, req: Request, signals: UserSignals | None) -> Recommendation:
+        """The top ``req.k`` items for the user, each with a reason."""
+        seen = len(signals.seen_ids) if signals is not None else 0
+        limit = req.k * self.rank_config.candidate_multiplier + seen + len(req.exclude)
+        cands: list[Candidate] = []
+        if signals is not None:
+            if signals.preference_vector:
+                cands += await self.content.search_vector(signals.preference_vector, limit=limit)
+            tags = top_tags(signals.tag_affinities, 3)
+            if tags:
+                cands += await self.content.search_tags(tags, limit=limit)
+            for recall in self.extra_recall:
+                cands += await recall(signals, limit)
+        if req.query:
+            qv = self.embedder.encode(req.query)
+            cands += [Candidate(c.content_id, c.score, "query")
+                      for c in await self.content.search_vector(qv, limit=limit)]
+        cands += [Candidate(cid, score, "popular")
+                  for cid, score in await self.popularity.popular(limit)]
+        contents = await self.content.get({c.content_id for c in cands})
+        items = rank(cands, contents=contents, signals=signals, k=req.k,
+                     exclude=req.exclude, config=self.rank_config)
+        cold = signals is None or not signals.seen_ids
+        return Recommendation(user_id=req.user_id, items=items, cold_start=cold)
