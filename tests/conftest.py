@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.servers import RedisServer
+from tests.servers import RedisServer, stack_env
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -35,6 +35,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> str:
+    """host:port of a real Kafka broker (TEST_KAFKA_BROKER, else the local stack)."""
+    broker = os.environ.get("TEST_KAFKA_BROKER")
+    if broker:
+        return broker
+    return stack_env("kafka")["KAFKA_BROKER"]
 
 
 @asynccontextmanager

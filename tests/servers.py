@@ -63,3 +63,67 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stack_env(service: str) -> dict[str, str]:
+    """Start a service with scripts/stack.sh (no-op if running) and read .stack/env."""
+    subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "start", service],
+                   check=True, cwd=REPO)
+    env: dict[str, str] = {}
+    for line in (REPO / ".stack" / "env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key:
+            env[key.strip()] = value.strip()
+    return env
+
+
+class WorkerProcess:
+    """``python -m worker worker`` as a child process with its own settings."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        import os
+        import sys
+
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.python = sys.executable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "worker", "worker", "--without-web"]
+                if self.env.get("WEB_PORT") == "0"
+                else [self.python, "-m", "worker", "worker"],
+                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float = 90.0, *, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(needle) >= count:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"worker log never showed {needle!r}:\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int | None:
+        import signal
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -90,4 +90,12 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
     )
     register_ingest(app, table)
     register_recommend(app, table)
+
+    @app.on_partitions_assigned.connect
+    async def _log_assignment(sender: Any, assigned: Any, **_: Any) -> None:
+        mine = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned
+                      if tp.topic in (settings.requests_topic, settings.events_topic))
+        app.stats.assigned = mine
+        log.info("partitions assigned: %s", " ".join(mine) or "none")
+
     return app

@@ -15,6 +15,7 @@ class Stats:
     requests_failed: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     last_applied_at: float = 0.0
+    assigned: list[str] = field(default_factory=list)
 
     @staticmethod
     def clock() -> float:
