@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test test-faults lint stack-start stack-stop clean
+.PHONY: install system-deps run test test-faults eval bench lint stack-start stack-stop clean
 
 install: system-deps $(STAMP)
 
@@ -41,6 +41,22 @@ test-faults: install
 	set -a; source .stack/env; set +a; \
 	TEST_KAFKA_BROKER=$$KAFKA_BROKER TEST_REDIS_URL=$${REDIS_URL%/0}/1 \
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+# Quality on MovieLens (ML_PATH, default ../shared/data/ml-latest-small), through the
+# product's code with the local Redis (database 2): benchmarks/results/quality.json + .png
+eval: install
+	scripts/stack.sh start redis
+	set -a; source .stack/env; set +a; \
+	$(PY) benchmarks/eval_quality.py --redis-url $${REDIS_URL%/0}/2
+
+# Performance on the local stack (Kafka, Redis database 3, embedded Qdrant with MovieLens):
+# benchmarks/results/perf.json + .png. Never fails on a number. BENCH_ARGS="--quick" for a
+# harness check, "--only ingest,freshness,requests,memory" for some parts.
+BENCH_ARGS ?=
+bench: install
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy
+	scripts/stack.sh start all
+	$(PY) benchmarks/bench_perf.py $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check worker tests scripts benchmarks

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 import faust
 
 from worker.bootstrap import Services, build_adapters, build_services
+from worker.logs import faust_logging_config
+from worker.metrics import Metrics
+from worker.ops import OpsState, register_pages
 from worker.retry import RetryState
 from worker.settings import Settings
 from worker.stats import Stats
@@ -26,12 +30,45 @@ class RecsysApp(faust.App):
     settings: Settings
     stats: Stats
     retry_state: RetryState
+    metrics: Metrics
+    ops_state: OpsState
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        if self.should_stop:
+            return
+        s = self.settings
+        desc = self.services.adapters.description
+        log.info("worker started: app_id=%s brokers=%s redis=%s qdrant=%s web_port=%s "
+                 "partitions=%d", s.app_id, ",".join(s.bootstrap_servers),
+                 desc.get("redis", "?"), desc.get("qdrant", "?"), s.web_port or "off",
+                 s.topic_partitions)
 
     async def on_stop(self) -> None:
-        await super().on_stop()
+        """SIGTERM/SIGINT: Faust stops fetching, waits for in-flight events to be
+        acked (our agents ack only after their effects are durable), commits and
+        flushes. That wait is bounded by SHUTDOWN_DRAIN_S; what is not acked by
+        then is redelivered after the restart (idempotent)."""
+        drain = self.settings.shutdown_drain_s
+        log.info("shutdown: draining in-flight events (up to %gs)", drain)
+        try:
+            await asyncio.wait_for(super().on_stop(), drain or None)
+        except TimeoutError:
+            log.warning("shutdown: in-flight events not done after %gs; committing what is "
+                        "acked, the rest will be redelivered", drain)
+
+    async def on_shutdown(self) -> None:
+        """After the agents and the consumer stopped (offsets committed)."""
+        await super().on_shutdown()
         services = getattr(self, "services", None)
         if services is not None:
             await services.adapters.aclose()
+        st = getattr(self, "stats", None)
+        if st is not None:
+            log.info("shutdown complete: records_consumed=%d interactions_written=%d "
+                     "dead_lettered=%d requests_served=%d requests_failed=%d",
+                     st.records_consumed, st.interactions_written,
+                     sum(st.dead_lettered.values()), st.requests_served, st.requests_failed)
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -53,6 +90,36 @@ def broker_credentials(settings: Settings) -> Any:
     return ctx
 
 
+def guard_acks(app: faust.App) -> None:
+    """Never mark a message done while the consumer is paused or the message is
+    from an older group generation.
+
+    Faust acks ("skips") the messages it drops while flow control is suspended
+    (shutdown, rebalance) or that were fetched under an older generation, so that
+    the commit can move on: if such an offset is committed, the record is never
+    processed by anyone. Refusing those acks leaves the record uncommitted, and
+    it is fetched again from the committed offset (by this worker after the
+    rebalance, or by the next owner). Our own acks come after processing, and a
+    dropped one costs only a redelivery, which every effect tolerates.
+    """
+    consumer = app.consumer
+    original = consumer.ack
+
+    def ack(message: Any) -> bool:
+        if not app.flow_control.is_active() or (
+            message.generation_id is not None
+            and message.generation_id != app.consumer_generation_id
+        ):
+            # Done with as far as shutdown's wait_empty is concerned, but its
+            # offset is not marked committable (that is what Consumer.ack adds).
+            message.acked = True
+            consumer._unacked_messages.discard(message)
+            return False
+        return bool(original(message))
+
+    consumer.ack = ack  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> RecsysApp:
     """The worker app with its topics, table and agents."""
     app = RecsysApp(
@@ -67,16 +134,28 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         store=settings.table_store,
         datadir=str(settings.data_dir),
         consumer_group_instance_id=settings.worker_instance_id,
+        # With static membership the reply topic (which the group consumer also
+        # subscribes to) must be stable: the broker hands a restarted static member
+        # its previous assignment, and a fresh f-reply-<uuid> name makes aiokafka's
+        # coordinator die on "assignment for unsubscribed topic" (worker never ready).
+        reply_to=(f"{settings.app_id}-reply-{settings.worker_instance_id}"
+                  if settings.worker_instance_id else None),
         producer_acks=-1,
         value_serializer="raw",
         key_serializer="raw",
         autodiscover=False,
         version=1,
+        logging_config=faust_logging_config(settings),
     )
     app.settings = settings
     app.services = services or build_services(build_adapters(settings))
     app.stats = Stats()
     app.retry_state = RetryState()
+    app.metrics = Metrics(app)
+    app.ops_state = OpsState()
+    app.stats.observer = app.metrics.observe
+    app.services.pipeline.observe = app.stats.stage_observer("apply")
+    app.services.recommender.observe = app.stats.stage_observer("request")
 
     from worker.agents.ingest import register_ingest
     from worker.agents.recommend import register_recommend
@@ -88,14 +167,18 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         key_type=bytes,
         value_type=bytes,
     )
+    guard_acks(app)
     register_ingest(app, table)
     register_recommend(app, table)
+    if settings.web_port != 0:
+        register_pages(app)
 
     @app.on_partitions_assigned.connect
     async def _log_assignment(sender: Any, assigned: Any, **_: Any) -> None:
         mine = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned
                       if tp.topic in (settings.requests_topic, settings.events_topic))
         app.stats.assigned = mine
+        app.stats.assigned_at = app.stats.clock()
         log.info("partitions assigned: %s", " ".join(mine) or "none")
 
     return app

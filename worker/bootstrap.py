@@ -88,7 +88,12 @@ def build_adapters(settings: Settings, *, embedder: EmbeddingModel | None = None
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
         buffer: Any = RedisEventBuffer(
-            client, window_days=settings.window_days, key_prefix=settings.key_prefix
+            client,
+            window_days=settings.window_days,
+            key_prefix=settings.key_prefix,
+            popularity_half_life_days=settings.popularity_half_life_days,
+            co_partners=settings.co_partners,
+            co_keep=settings.co_keep,
         )
         users: Any = RedisUserModelStore(
             client, ttl_seconds=settings.signals_ttl_seconds, key_prefix=settings.key_prefix
@@ -98,7 +103,12 @@ def build_adapters(settings: Settings, *, embedder: EmbeddingModel | None = None
     else:
         from worker.adapters.memory import InMemoryEventBuffer, InMemoryUserModelStore
 
-        buffer = InMemoryEventBuffer(window_days=settings.window_days)
+        buffer = InMemoryEventBuffer(
+            window_days=settings.window_days,
+            popularity_half_life_days=settings.popularity_half_life_days,
+            co_partners=settings.co_partners,
+            co_keep=settings.co_keep,
+        )
         users = InMemoryUserModelStore()
         desc["redis"] = "in-memory (REDIS_URL not set)"
 

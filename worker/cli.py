@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,6 @@ def worker(ctx: click.Context) -> None:
     settings = _settings()
     from worker.app import create_app
     from worker.logs import configure_logging
-
     from worker.topics import ensure_topics
 
     configure_logging(settings)
@@ -176,6 +176,64 @@ def load_catalog_cmd(path: Path, limit: int | None) -> None:
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"loaded {n} items into {settings.qdrant_collection}")
+
+
+def _when(value: str | None, *, allow_earliest: bool) -> datetime | None:
+    if value is None or (allow_earliest and value == "earliest"):
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@cli.command()
+@click.option("--from", "from_", default="earliest", show_default=True,
+              help="'earliest' or an ISO-8601 time (record timestamps, per partition).")
+@click.option("--until", default=None, help="ISO-8601 time: stop after records up to it.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (offsets, counts); write nothing.")
+def replay(from_: str, until: str | None, dry_run: bool) -> None:
+    """Re-run the events topic through the ingest path to rebuild Redis state.
+
+    Runs under its own consumer group (APP_ID-replay), bounded by the end offsets
+    captured at start; never sends replies and never moves the live group's
+    offsets. Idempotent. Exit code 0 when every partition was read to its end.
+    """
+    settings = _settings()
+    from tqdm import tqdm
+
+    from worker import replay as rp
+    from worker.bootstrap import build_adapters, build_services
+
+    start = _when(from_, allow_earliest=True)
+    stop = _when(until, allow_earliest=False)
+    opts = kafka_options(settings)
+
+    async def go() -> dict[str, Any]:
+        ranges = await rp.plan(settings, start=start, until=stop, kafka_options=opts)
+        total = sum(r.count for r in ranges)
+        click.echo(f"replay of {settings.events_topic} as group {rp.replay_group(settings)}: "
+                   f"{total} records")
+        for r in ranges:
+            click.echo(f"  partition {r.partition}: offsets {r.start}..{r.end} ({r.count})")
+        if dry_run:
+            return {"dry_run": True, "records": total}
+        adapters = build_adapters(settings)
+        try:
+            services = build_services(adapters)
+            with tqdm(total=total, unit="rec", desc="replaying", dynamic_ncols=True) as bar:
+                summary = await rp.run(settings, ranges, services.pipeline,
+                                       kafka_options=opts, on_progress=bar.update)
+        finally:
+            await adapters.aclose()
+        return summary.as_dict()
+
+    try:
+        result = asyncio.run(go())
+    except (ConfigurationError, TransientStoreError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 def main() -> None:

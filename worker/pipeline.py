@@ -24,6 +24,7 @@ from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.ports import ContentStore, UserModelStore
 from worker.recsys_core.signals import compute_signals
 from worker.recsys_core.types import AppendStatus, InteractionEvent, UserSignals
+from worker.stats import StageClock, StageObserver
 
 
 class BatchBuffer(Protocol):
@@ -32,6 +33,10 @@ class BatchBuffer(Protocol):
     async def append_many(self, events: Sequence[InteractionEvent]) -> list[AppendStatus]: ...
 
     async def fetch_many(self, user_ids: Sequence[str]) -> list[list[InteractionEvent]]: ...
+
+    async def append_and_fetch(
+        self, events: Sequence[InteractionEvent]
+    ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]: ...
 
 
 class SignalsWriter(UserModelStore, Protocol):
@@ -106,11 +111,14 @@ class IngestPipeline:
         users: SignalsWriter,
         content: ContentStore,
         signal_config: SignalConfig,
+        observe: StageObserver | None = None,
     ) -> None:
         self.buffer = buffer
         self.users = users
         self.content = content
         self.signal_config = signal_config
+        #: ``(stage, seconds)`` per apply: "redis", "qdrant", "signals" (optional)
+        self.observe = observe
 
     async def apply(self, events: Sequence[InteractionEvent]) -> ApplyResult:
         """Append, then recompute and save the signals of every touched user.
@@ -118,22 +126,30 @@ class IngestPipeline:
         Users are recomputed even when all their events were duplicates: after
         a crash between append and save, the redelivery must still save.
         """
-        statuses = await self.buffer.append_many(events)
-        conflicts = [e for e, s in zip(events, statuses, strict=True)
-                     if s is AppendStatus.CONFLICT]
-        users = list(dict.fromkeys(e.user_id for e in events))
-        windows = await self.buffer.fetch_many(users)
-        ids = {e.content_id for w in windows for e in w}
-        contents = await self.content.get(ids)
-        vectors = await self.content.get_vectors(ids)
-        signals: dict[str, UserSignals] = {}
-        for uid, window in zip(users, windows, strict=True):
-            s = compute_signals(uid, window, contents=contents, vectors=vectors,
-                                config=self.signal_config)
-            if s is not None:
-                signals[uid] = s
-        if signals:
-            await self.users.save_many(list(signals.values()))
+        clock = StageClock(self.observe)
+        try:
+            with clock("redis"):
+                statuses, by_user = await self.buffer.append_and_fetch(events)
+            conflicts = [e for e, s in zip(events, statuses, strict=True)
+                         if s is AppendStatus.CONFLICT]
+            users = list(by_user)
+            windows = [by_user[u] for u in users]
+            ids = {e.content_id for w in windows for e in w}
+            with clock("qdrant"):
+                contents = await self.content.get(ids)
+                vectors = await self.content.get_vectors(ids)
+            signals: dict[str, UserSignals] = {}
+            with clock("signals"):
+                for uid, window in zip(users, windows, strict=True):
+                    s = compute_signals(uid, window, contents=contents, vectors=vectors,
+                                        config=self.signal_config)
+                    if s is not None:
+                        signals[uid] = s
+            if signals:
+                with clock("redis"):
+                    await self.users.save_many(list(signals.values()))
+        finally:
+            clock.report()
         return ApplyResult(statuses, signals, conflicts)
 
 

@@ -8,6 +8,7 @@ stops (cancellation propagates). Anything else is a bug and is raised.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -43,13 +44,19 @@ async def retry_forever(
     fn: Callable[[], Awaitable[T]], state: RetryState, *, max_backoff: float = 5.0
 ) -> T:
     """Run ``fn`` until it succeeds, backing off on ``TransientStoreError``."""
+    started = time.monotonic()
+    attempts = 0
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TransientStoreError),
         wait=wait_exponential_jitter(initial=0.05, max=max_backoff),
         before_sleep=state.before_sleep,
         reraise=True,
     ):
+        attempts += 1
         with attempt:
             result = await fn()
+    if attempts > 1:
+        log.info("transient failure over: succeeded after %d attempts in %.1fs",
+                 attempts, time.monotonic() - started)
     state.failing = None
     return result

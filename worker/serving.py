@@ -13,17 +13,28 @@ from typing import Any, Protocol
 
 import orjson
 
+from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.config import RankConfig
 from worker.recsys_core.ports import ContentStore, EmbeddingModel
 from worker.recsys_core.ranking import rank
 from worker.recsys_core.scoring import top_tags
 from worker.recsys_core.types import Candidate, Recommendation, UserSignals
+from worker.stats import StageClock, StageObserver
 
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 
 
-class PopularitySource(Protocol):
+class ItemStats(Protocol):
+    """Real-time item statistics kept by the event buffer's store."""
+
     async def popular(self, limit: int) -> list[tuple[str, float]]: ...
+
+    async def co_interactions(
+        self, item_ids: Sequence[str], *, per_item: int
+    ) -> tuple[dict[str, dict[str, float]], dict[str, float]]: ...
+
+
+PopularitySource = ItemStats  # the name the first version used
 
 
 class BadRequest(ValueError):
@@ -69,44 +80,68 @@ def parse_request(value: Any, *, max_k: int, max_bytes: int) -> Request:
 
 
 class Recommender:
-    """Recall (preference vector, top tags, query text, popularity) + pure ranking."""
+    """Recall (co-interaction, preference vector, top tags, query text, popularity)
+    + pure ranking."""
 
     def __init__(
         self,
         *,
         content: ContentStore,
         embedder: EmbeddingModel,
-        popularity: PopularitySource,
+        popularity: ItemStats,
         rank_config: RankConfig,
         extra_recall: Sequence[Callable[[UserSignals, int], Awaitable[list[Candidate]]]] = (),
+        observe: StageObserver | None = None,
     ) -> None:
         self.content = content
         self.embedder = embedder
         self.popularity = popularity
         self.rank_config = rank_config
         self.extra_recall = extra_recall
+        #: ``(stage, seconds)`` per request: "qdrant", "embed", "redis", "ranking"
+        self.observe = observe
 
     async def recommend(self, req: Request, signals: UserSignals | None) -> Recommendation:
         """The top ``req.k`` items for the user, each with a reason."""
         seen = len(signals.seen_ids) if signals is not None else 0
         limit = req.k * self.rank_config.candidate_multiplier + seen + len(req.exclude)
         cands: list[Candidate] = []
-        if signals is not None:
-            if signals.preference_vector:
-                cands += await self.content.search_vector(signals.preference_vector, limit=limit)
-            tags = top_tags(signals.tag_affinities, 3)
-            if tags:
-                cands += await self.content.search_tags(tags, limit=limit)
-            for recall in self.extra_recall:
-                cands += await recall(signals, limit)
-        if req.query:
-            qv = self.embedder.encode(req.query)
-            cands += [Candidate(c.content_id, c.score, "query")
-                      for c in await self.content.search_vector(qv, limit=limit)]
-        cands += [Candidate(cid, score, "popular")
-                  for cid, score in await self.popularity.popular(limit)]
-        contents = await self.content.get({c.content_id for c in cands})
-        items = rank(cands, contents=contents, signals=signals, k=req.k,
-                     exclude=req.exclude, config=self.rank_config)
+        clock = StageClock(self.observe)
+        try:
+            if signals is not None:
+                if signals.preference_vector:
+                    with clock("qdrant"):
+                        cands += await self.content.search_vector(signals.preference_vector,
+                                                                  limit=limit)
+                liked = sorted(((c, w) for c, w in signals.item_weights.items() if w > 0),
+                               key=lambda cw: (-cw[1], cw[0]))[: self.rank_config.co_sources]
+                if liked:
+                    with clock("redis"):
+                        rows, counts = await self.popularity.co_interactions(
+                            [c for c, _ in liked], per_item=self.rank_config.co_per_item)
+                    cands += co_interaction_candidates(dict(liked), rows, counts)[:limit]
+                tags = top_tags(signals.tag_affinities, 3)
+                if tags:
+                    with clock("qdrant"):
+                        cands += await self.content.search_tags(tags, limit=limit)
+                for recall in self.extra_recall:
+                    with clock("extra_recall"):
+                        cands += await recall(signals, limit)
+            if req.query:
+                with clock("embed"):
+                    qv = self.embedder.encode(req.query)
+                with clock("qdrant"):
+                    cands += [Candidate(c.content_id, c.score, "query")
+                              for c in await self.content.search_vector(qv, limit=limit)]
+            with clock("redis"):
+                cands += [Candidate(cid, score, "popular")
+                          for cid, score in await self.popularity.popular(limit)]
+            with clock("qdrant"):
+                contents = await self.content.get({c.content_id for c in cands})
+            with clock("ranking"):
+                items = rank(cands, contents=contents, signals=signals, k=req.k,
+                             exclude=req.exclude, config=self.rank_config)
+        finally:
+            clock.report()
         cold = signals is None or not signals.seen_ids
         return Recommendation(user_id=req.user_id, items=items, cold_start=cold)

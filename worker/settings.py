@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         None, description="redis:// or rediss:// URL (user:password@ for ACL auth)."
     )
     window_days: float = Field(30.0, gt=0, le=3650)
+    popularity_half_life_days: float = Field(
+        7.0, ge=1, le=36_500, description="Half-life of the popularity counts (event time)."
+    )
+    co_partners: int = Field(
+        100, ge=0, le=10_000,
+        description="A new item is paired with this many of the user's most recent items.",
+    )
+    co_keep: int = Field(300, ge=1, le=100_000, description="Partners kept per item.")
     signals_ttl_seconds: int = Field(7 * 86_400, ge=60)
     key_prefix: str = Field("rw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -68,9 +76,24 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, le=300)
     max_k: int = Field(100, ge=1, le=1000)
     max_request_bytes: int = Field(64 * 1024, ge=256)
+    request_deadline_ms: int = Field(
+        10_000, ge=0, le=3_600_000,
+        description="Requests older than this (record timestamp vs now) get an "
+        "'overloaded' reply instead of an answer; 0 = never shed.",
+    )
     retry_max_backoff_s: float = Field(5.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+
+    # --- Operations -------------------------------------------------------------
+    ready_stall_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="/readyz: not ready if there is lag and nothing progressed for this long.",
+    )
+    ready_ping_timeout_s: float = Field(2.0, gt=0, le=60)
+    shutdown_drain_s: float = Field(
+        15.0, ge=0, le=600, description="SIGTERM: how long to let in-flight events finish."
+    )
 
     @field_validator("kafka_broker")
     @classmethod

@@ -9,6 +9,7 @@ up front. Partition counts of the co-partitioned topics must equal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -47,14 +48,12 @@ async def ensure_topics(settings: Settings, kafka_options: dict[str, Any]) -> No
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica raced us
                 await admin.create_topics([
                     NewTopic(t, num_partitions=settings.topic_partitions,
                              replication_factor=settings.topic_replication)
                     for t in missing
                 ])
-            except TopicAlreadyExistsError:
-                pass  # another replica raced us
         for _ in range(50):
             meta = await admin.describe_topics(list(wanted))
             counts = {m["topic"]: len(m["partitions"]) for m in meta if not m["error_code"]}

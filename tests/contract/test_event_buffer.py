@@ -11,8 +11,8 @@ from tests.conftest import fresh_redis
 from tests.factories import T0, event
 from worker.adapters.memory import InMemoryEventBuffer
 from worker.adapters.redis_store import RedisEventBuffer
-from worker.recsys_core.types import AppendStatus
 from worker.recsys_core.ports import EventBuffer
+from worker.recsys_core.types import AppendStatus
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -101,19 +101,18 @@ async def test_redis_keys_expire_with_wall_clock_ttl(redis_client) -> None:  # t
     buf = RedisEventBuffer(redis_client, window_days=30, ttl_seconds=1234)
     await buf.append(event(user="ttl", content="1"))
     keys = sorted(k.decode() for k in await redis_client.keys("rw:{ttl}:*"))
-    assert keys == ["rw:{ttl}:h", "rw:{ttl}:z"]
+    assert keys == ["rw:{ttl}:h", "rw:{ttl}:i", "rw:{ttl}:z"]
     for k in keys:
         assert 0 < await redis_client.ttl(k) <= 1234
 
 
 async def test_redis_unreachable_raises_transient_error() -> None:
     from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     from tests.servers import free_port
     from worker.recsys_core.errors import TransientStoreError
-
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
                    retry=Retry(NoBackoff(), 0))
@@ -126,21 +125,96 @@ async def test_redis_unreachable_raises_transient_error() -> None:
 
 
 class TestPopularityContract:
-    async def test_counts_new_events_once_and_ranks_by_weight(self, buffer: EventBuffer) -> None:
+    async def test_counts_engaging_events_once_and_ranks_by_count(
+        self, buffer: EventBuffer
+    ) -> None:
         evs = [
             event(user="a", content="1", kind="purchase", weight=5.0),
             event(user="b", content="2", weight=1.0),
-            event(user="c", content="2", weight=1.0),
+            event(user="c", content="2", kind="rate", weight=1.0),  # any rating engages
             event(user="d", content="3", kind="remove_from_cart", weight=-1.0),
         ]
         await buffer.append_many(evs)  # type: ignore[attr-defined]
         await buffer.append_many(evs)  # redelivery: no double count
         top = await buffer.popular(10)  # type: ignore[attr-defined]
-        assert [cid for cid, _ in top] == ["1", "2"]
-        assert top[0][1] / top[1][1] == pytest.approx(2.5)
+        assert [cid for cid, _ in top] == ["2", "1"]
+        assert top[0][1] / top[1][1] == pytest.approx(2.0)
+
+    async def test_newer_events_weigh_more(self, buffer: EventBuffer) -> None:
+        await buffer.append_many([event(user="a", content="old", days=0),  # type: ignore[attr-defined]
+                                  event(user="b", content="old", days=0),
+                                  event(user="c", content="new", days=20)])
+        top = await buffer.popular(10)  # type: ignore[attr-defined]
+        assert [cid for cid, _ in top] == ["new", "old"]  # 1 event 20 days later > 2 events
 
     async def test_stale_event_is_reported_and_not_counted(self, buffer: EventBuffer) -> None:
         await buffer.append(event(content="9", days=100))
         (status,) = await buffer.append_many([event(content="1", days=1)])  # type: ignore[attr-defined]
         assert status is AppendStatus.STALE
         assert [c for c, _ in await buffer.popular(10)] == ["9"]  # type: ignore[attr-defined]
+
+
+class TestCoInteractionContract:
+    async def test_counts_users_who_engaged_with_both(self, buffer: EventBuffer) -> None:
+        evs = [event(user="a", content=c, days=i) for i, c in enumerate("123")]
+        evs += [event(user="b", content=c, days=i) for i, c in enumerate("12")]
+        evs.append(event(user="b", content="1", kind="click", days=3))  # not new to b's window
+        await buffer.append_many(evs)  # type: ignore[attr-defined]
+        await buffer.append_many(evs)  # redelivered: nothing counts twice
+        rows, counts = await buffer.co_interactions(["1", "2", "3"], per_item=10)  # type: ignore[attr-defined]
+        assert rows == {"1": {"2": 2.0, "3": 1.0}, "2": {"1": 2.0, "3": 1.0},
+                        "3": {"1": 1.0, "2": 1.0}}
+        assert counts == {"1": 2.0, "2": 2.0, "3": 1.0}
+
+    async def test_negative_events_do_not_pair(self, buffer: EventBuffer) -> None:
+        await buffer.append_many([  # type: ignore[attr-defined]
+            event(content="1", days=0),
+            event(content="2", kind="remove_from_cart", weight=-1.0, days=1),
+        ])
+        rows, counts = await buffer.co_interactions(["1", "2"], per_item=10)  # type: ignore[attr-defined]
+        assert rows == {"1": {}, "2": {}}
+        assert counts == {"1": 1.0}
+
+    async def test_pairs_only_within_the_window(self, buffer: EventBuffer) -> None:
+        await buffer.append_many([  # type: ignore[attr-defined]
+            event(content="1", days=0),
+            event(content="2", days=40),  # "1" has left the 30-day window
+        ])
+        rows, _ = await buffer.co_interactions(["2"], per_item=10)  # type: ignore[attr-defined]
+        assert rows == {"2": {}}
+
+    async def test_order_within_a_batch_equals_one_by_one(self, buffer: EventBuffer) -> None:
+        evs = [event(user=u, content=str(i % 7), days=i * 3) for u in "ab" for i in range(15)]
+        await buffer.append_many(evs)  # type: ignore[attr-defined]
+        single = InMemoryEventBuffer(window_days=30)
+        for ev in evs:
+            await single.append(ev)
+        ids = [str(i) for i in range(7)]
+        assert await buffer.co_interactions(ids, per_item=10) == await single.co_interactions(  # type: ignore[attr-defined]
+            ids, per_item=10)
+        got = await buffer.popular(10)  # type: ignore[attr-defined]
+        want = await single.popular(10)
+        assert [c for c, _ in got] == [c for c, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_co_interactions_stay_bounded(kind: str, redis_url: str) -> None:
+    """An item keeps at most twice ``co_keep`` partners, the strongest ones."""
+    async def run(buf: EventBuffer) -> dict[str, dict[str, float]]:
+        evs = []
+        for u in range(30):  # item "hub" is co-engaged with 30 partners, "p0" by everyone
+            evs += [event(user=f"u{u}", content="p0", days=0),
+                    event(user=f"u{u}", content=f"p{u + 1}", days=1),
+                    event(user=f"u{u}", content="hub", days=2)]
+        await buf.append_many(evs)  # type: ignore[attr-defined]
+        rows, _ = await buf.co_interactions(["hub"], per_item=100)  # type: ignore[attr-defined]
+        return rows
+
+    if kind == "memory":
+        rows = await run(InMemoryEventBuffer(co_keep=4))  # type: ignore[arg-type]
+    else:
+        async with fresh_redis(redis_url) as client:
+            rows = await run(RedisEventBuffer(client, co_keep=4))
+    assert len(rows["hub"]) <= 8
+    assert rows["hub"]["p0"] == 30.0

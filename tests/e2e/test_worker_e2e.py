@@ -51,7 +51,9 @@ def client(stack: Stack, **kw: Any) -> RecsysClient:
     return RecsysClient(stack.broker, requests_topic=stack.requests_topic, timeout=20.0, **kw)
 
 
-async def test_events_update_buffer_and_signals_in_redis(stack: Stack, worker: WorkerProcess) -> None:
+async def test_events_update_buffer_and_signals_in_redis(
+    stack: Stack, worker: WorkerProcess
+) -> None:
     """Raw events on the topic become buffered interactions and saved signals."""
     user = f"buf-{uuid.uuid4().hex[:6]}"
     await produce(stack, [(user.encode(), track(user, "100")),

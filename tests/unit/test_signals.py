@@ -83,7 +83,8 @@ def test_preference_vector_is_weighted_normalised_centroid_of_liked_items() -> N
 
 
 def test_signals_do_not_depend_on_input_order() -> None:
-    evs = [event(content=c, days=d, weight=w) for c, d, w in [("1", 0, 1), ("2", 3, 5), ("3", 1, 2)]]
+    rows = [("1", 0, 1), ("2", 3, 5), ("3", 1, 2)]
+    evs = [event(content=c, days=d, weight=w) for c, d, w in rows]
     a = compute_signals("u1", evs, contents=CAT, vectors={}, config=CFG)
     b = compute_signals("u1", list(reversed(evs)), contents=CAT, vectors={}, config=CFG)
     assert a == b

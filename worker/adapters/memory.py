@@ -11,8 +11,9 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 
+from worker.recsys_core.codec import datetime_to_ms
+from worker.recsys_core.cointeraction import is_engaging, popularity_increment, stable_top
 from worker.recsys_core.errors import StoreError
 from worker.recsys_core.types import (
     AppendStatus,
@@ -190,14 +191,28 @@ class InMemoryEventBuffer:
     """In-memory ``EventSource`` + ``append`` with the Redis buffer's semantics.
 
     Same dedupe (message id), same conflict rule (same id, different body), same
-    event-time pruning relative to the user's newest event.
+    event-time pruning relative to the user's newest event, and the same
+    popularity and co-interaction counting (see ``worker.adapters.redis_store``).
     """
 
-    def __init__(self, *, window_days: float = 30) -> None:
+    def __init__(
+        self,
+        *,
+        window_days: float = 30,
+        popularity_half_life_days: float = 7.0,
+        co_partners: int = 100,
+        co_keep: int = 300,
+    ) -> None:
         self.window_days = window_days
-        self._window = timedelta(days=window_days)
+        self._window_ms = int(window_days * 86_400_000)
+        self.popularity_half_life_days = popularity_half_life_days
+        self.co_partners = co_partners
+        self.co_keep = co_keep
         self.events: dict[str, dict[str, InteractionEvent]] = {}
+        self.items: dict[str, dict[str, int]] = {}  # user -> window item -> latest ts
         self.popularity: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.co: dict[str, dict[str, float]] = {}
 
     async def append(self, event: InteractionEvent) -> bool:
         """Store one event; False when it was already there."""
@@ -205,34 +220,61 @@ class InMemoryEventBuffer:
         return status is AppendStatus.ADDED
 
     async def append_many(self, events: Sequence[InteractionEvent]) -> list[AppendStatus]:
-        """Store a batch; one status per event, in input order."""
-        out: list[AppendStatus] = []
-        for ev in events:
-            mine = self.events.setdefault(ev.user_id, {})
-            prev = mine.get(ev.message_id)
-            if prev is None:
-                mine[ev.message_id] = ev
-                self._prune(ev.user_id)
-                if ev.message_id in mine:
-                    out.append(AppendStatus.ADDED)
-                    w = max(ev.weight or 0.0, 0.0)
-                    w = max(w - 2.5, 0.0) if ev.event_type == "rate" else w
-                    self.popularity[ev.content_id] = self.popularity.get(ev.content_id, 0.0) + w
-                else:
-                    out.append(AppendStatus.STALE)
-            elif prev == ev:
-                out.append(AppendStatus.DUPLICATE)
-            else:
-                out.append(AppendStatus.CONFLICT)
-        return out
+        """Store a batch, one event after another; one status per event."""
+        return [self._append_one(ev) for ev in events]
+
+    def _append_one(self, ev: InteractionEvent) -> AppendStatus:
+        mine = self.events.setdefault(ev.user_id, {})
+        prev = mine.get(ev.message_id)
+        if prev is not None:
+            return AppendStatus.DUPLICATE if prev == ev else AppendStatus.CONFLICT
+        mine[ev.message_id] = ev
+        self._prune(ev.user_id)
+        if ev.message_id not in mine:
+            return AppendStatus.STALE
+        ts = datetime_to_ms(ev.timestamp)
+        engaging = is_engaging(ev)
+        inc = popularity_increment(1.0 if engaging else 0.0, ts, self.popularity_half_life_days)
+        if inc > 0:
+            self.popularity[ev.content_id] = self.popularity.get(ev.content_id, 0.0) + inc
+        if engaging:
+            items = self.items.setdefault(ev.user_id, {})
+            if ev.content_id not in items:
+                recent = sorted(items.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+                for partner, _ in recent[: self.co_partners]:
+                    self._bump(partner, ev.content_id)
+                    self._bump(ev.content_id, partner)
+                self.counts[ev.content_id] = self.counts.get(ev.content_id, 0.0) + 1
+            items[ev.content_id] = max(items.get(ev.content_id, ts), ts)
+        return AppendStatus.ADDED
+
+    def _bump(self, key: str, member: str) -> None:
+        row = self.co.setdefault(key, {})
+        row[member] = row.get(member, 0.0) + 1
+        if len(row) > 2 * self.co_keep:
+            ranked = sorted(row.items(), key=lambda kv: (kv[1], kv[0]))
+            for m, _ in ranked[: len(row) - self.co_keep]:
+                del row[m]
 
     def _prune(self, user_id: str) -> None:
         mine = self.events.get(user_id)
         if not mine:
             return
-        cutoff = max(e.timestamp for e in mine.values()) - self._window
-        for mid in [m for m, e in mine.items() if e.timestamp < cutoff]:
+        newest = max(datetime_to_ms(e.timestamp) for e in mine.values())
+        cutoff = newest - self._window_ms
+        for mid in [m for m, e in mine.items() if datetime_to_ms(e.timestamp) < cutoff]:
             del mine[mid]
+        items = self.items.get(user_id, {})
+        for cid in [c for c, t in items.items() if t < cutoff]:
+            del items[cid]
+
+    async def append_and_fetch(
+        self, events: Sequence[InteractionEvent], *, fetch: bool = True
+    ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]:
+        """Append a batch and return every touched user's window."""
+        statuses = await self.append_many(events)
+        users = list(dict.fromkeys(e.user_id for e in events)) if fetch else []
+        return statuses, {u: await self.fetch_events(u) for u in users}
 
     async def fetch_events(self, user_id: str) -> list[InteractionEvent]:
         """The user's buffered events, oldest first (ties by message id, like Redis)."""
@@ -244,9 +286,20 @@ class InMemoryEventBuffer:
         return [await self.fetch_events(u) for u in user_ids]
 
     async def popular(self, limit: int) -> list[tuple[str, float]]:
-        """Most popular items (undecayed in memory), best first."""
-        rows = sorted(self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))
-        return [r for r in rows if r[1] > 0][:limit]
+        """Most popular items by time-decayed popularity, best first."""
+        return stable_top(list(self.popularity.items()), limit)
+
+    async def co_interactions(
+        self, item_ids: Sequence[str], *, per_item: int
+    ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """Each item's strongest partners, and interaction counts (like Redis)."""
+        rows = {}
+        for cid in item_ids:
+            ranked = sorted(self.co.get(cid, {}).items(), key=lambda kv: (kv[1], kv[0]),
+                            reverse=True)
+            rows[cid] = dict(ranked[:per_item])
+        ids = {*item_ids, *(m for r in rows.values() for m in r)}
+        return rows, {i: self.counts[i] for i in ids if i in self.counts}
 
     async def ping(self) -> None:
         """Always healthy."""

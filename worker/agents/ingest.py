@@ -16,11 +16,13 @@ retry transient failures without moving on, so nothing is lost or skipped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
+from worker.logs import user_ref
 from worker.pipeline import (
     DeadLetter,
     conflict_dead_letter,
@@ -31,7 +33,7 @@ from worker.pipeline import (
     parse_batch,
     signals_bytes,
 )
-from worker.recsys_core.errors import TransientStoreError
+from worker.recsys_core.errors import StoreError, TransientStoreError
 from worker.retry import RetryState, retry_forever
 from worker.stats import Stats
 
@@ -39,6 +41,27 @@ if TYPE_CHECKING:
     from worker.app import RecsysApp
 
 log = logging.getLogger("worker.ingest")
+
+#: Repartition messages stay well under Faust's producer limit (1,000,000 bytes).
+MAX_INTERACTIONS_MESSAGE_BYTES = 256 * 1024
+#: Dead letters keep at most this much of the original record (x-dlq-truncated says).
+DLQ_MAX_VALUE_BYTES = 512 * 1024
+DLQ_MAX_KEY_BYTES = 1024
+
+
+def encode_bounded(events: list[Any], limit: int = MAX_INTERACTIONS_MESSAGE_BYTES) -> list[bytes]:
+    """Encode one partition's interactions as one or more messages of at most ``limit``.
+
+    One valid 256 KiB order can fan out to thousands of line items (~2 MB encoded):
+    a single message that large fails with MessageSizeTooLarge, a KafkaError that
+    the send retry would repeat forever, stalling the partition. Halving keeps the
+    order of events within the partition.
+    """
+    payload = encode_interactions(events)
+    if len(payload) <= limit or len(events) <= 1:
+        return [payload]
+    mid = len(events) // 2
+    return encode_bounded(events[:mid], limit) + encode_bounded(events[mid:], limit)
 
 
 def register_ingest(app: RecsysApp, table: Any) -> None:
@@ -68,40 +91,74 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
 
     def dead_letter_send(dl: DeadLetter) -> Callable[[], Awaitable[Any]]:
         stats.dead_lettered[dl.reason] += 1
-        return lambda: dlq_topic.send(key=dl.key, value=dl.value,
-                                      headers=dead_letter_headers(dl))
+        # A raw record can be as large as the broker allows (~1 MB), more than
+        # Faust's producer accepts once headers are added: MessageSizeTooLarge is a
+        # KafkaError, so the send would be retried forever and stall the partition.
+        # Keep a bounded prefix and say how large the original was.
+        key, value, headers = dl.key, dl.value, dead_letter_headers(dl)
+        if len(value) > DLQ_MAX_VALUE_BYTES or (key and len(key) > DLQ_MAX_KEY_BYTES):
+            headers.append(("x-dlq-truncated", f"{len(value)}".encode()))
+            key = key[:DLQ_MAX_KEY_BYTES] if key else key
+            value = value[:DLQ_MAX_VALUE_BYTES]
+        return lambda: dlq_topic.send(key=key, value=value, headers=headers)
 
     @app.agent(events_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         async for batch in stream.noack_take(s.batch_size, within=s.batch_within_ms / 1000):
-            records = [
-                (ev.key, ev.value, f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}")
-                for ev in batch
-            ]
-            stats.records_consumed += len(records)
-            parsed = parse_batch(records)
-            sends = [dead_letter_send(dl) for dl in parsed.dead_letters]
-            for partition, evs in group_by_partition(parsed.interactions,
-                                                     s.topic_partitions).items():
-                payload = encode_interactions(evs)
-                sends.append(lambda p=partition, v=payload: interactions_topic.send(
-                    value=v, partition=p))
-            await send_all(sends)
-            for ev in batch:
-                await stream.ack(ev)
+            with stats.timed("ingest"):
+                records = [
+                    (ev.key, ev.value,
+                     f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}")
+                    for ev in batch
+                ]
+                stats.records_consumed += len(records)
+                with stats.timed("ingest", "parse"):
+                    parsed = parse_batch(records)
+                sends = [dead_letter_send(dl) for dl in parsed.dead_letters]
+                for partition, evs in group_by_partition(parsed.interactions,
+                                                         s.topic_partitions).items():
+                    for payload in encode_bounded(evs):
+                        sends.append(lambda p=partition, v=payload: interactions_topic.send(
+                            value=v, partition=p))
+                await send_all(sends)
+                for ev in batch:
+                    await stream.ack(ev)
+            stats.progress()
+            if parsed.dead_letters:
+                reasons = Counter(dl.reason for dl in parsed.dead_letters)
+                log.info("dead-lettered %d of %d records: %s", len(parsed.dead_letters),
+                         len(records), ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+
+    async def apply_refused_retried(evs: list[Any]) -> Any:
+        """Apply; a store that *refuses* (Redis NOPERM from a too-narrow ACL, OOM,
+        READONLY, ...) is retried like an outage. Raising would crash the actor and
+        Faust would ack the message: its interactions would be lost silently. These
+        are operator-fixable conditions of the store, not properties of the events
+        (which were validated upstream), so wait, loudly, until they are fixed."""
+        try:
+            return await svc.pipeline.apply(evs)
+        except StoreError as exc:
+            log.error("store refused the write; retrying until it is fixed: %s", exc)
+            raise TransientStoreError(f"store refused: {exc}") from exc
 
     @app.agent(interactions_topic, name="apply")
     async def apply(stream: Any) -> None:
         manual = stream.noack()
         async for event in manual.events():
-            evs = decode_interactions(event.value)
-            result = await retry_forever(lambda evs=evs: svc.pipeline.apply(evs), retry,
-                                         max_backoff=s.retry_max_backoff_s)
-            for uid, sig in result.signals.items():
-                table[uid.encode()] = signals_bytes(sig)
-            stats.interactions_written += result.added
-            stats.last_applied_at = stats.clock()
+            with stats.timed("apply"):
+                evs = decode_interactions(event.value)
+                result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
+                                             max_backoff=s.retry_max_backoff_s)
+                for uid, sig in result.signals.items():
+                    table[uid.encode()] = signals_bytes(sig)
+                stats.interactions_written += result.added
+                stats.last_applied_at = stats.clock()
+                if result.conflicts:
+                    await send_all([dead_letter_send(conflict_dead_letter(c))
+                                    for c in result.conflicts])
+                await manual.ack(event)
+            stats.progress()
             if result.conflicts:
-                await send_all([dead_letter_send(conflict_dead_letter(c))
-                                for c in result.conflicts])
-            await manual.ack(event)
+                log.info("dead-lettered %d message id conflicts (users %s)",
+                         len(result.conflicts),
+                         " ".join(sorted({user_ref(c.user_id) for c in result.conflicts})))

@@ -13,6 +13,7 @@ error reply; nothing a caller sends can crash the agent.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -57,7 +58,30 @@ def register_recommend(app: RecsysApp, table: Any) -> None:
         stats.requests_served += 1
         return recommendation_to_dict(rec)
 
+    deadline_s = s.request_deadline_ms / 1000
+
+    def overloaded(event: Any) -> dict[str, Any] | None:
+        """Load shedding: a request that waited longer than REQUEST_DEADLINE_MS in
+        the topic has most likely been given up by its caller; answering it would
+        only delay the requests behind it. Reply cheaply and move on."""
+        ts = getattr(event.message, "timestamp", None)
+        if not deadline_s or not ts:
+            return None
+        age = time.time() - ts
+        if age <= deadline_s:
+            return None
+        stats.requests_failed += 1
+        return {"error": "overloaded",
+                "detail": f"request waited {age:.1f}s; the deadline is {deadline_s:g}s"}
+
     @app.agent(requests_topic, name="recommend")
     async def recommend(stream: Any) -> Any:
-        async for value in stream:
-            yield await answer(value)
+        async for event in stream.events():
+            shed = overloaded(event)
+            if shed is not None:
+                yield shed
+                continue
+            with stats.timed("request"):
+                reply = await answer(event.value)
+            stats.progress()
+            yield reply

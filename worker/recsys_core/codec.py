@@ -6,6 +6,8 @@ state always serialises to the same bytes: a replay can be checked byte for byte
 
 from __future__ import annotations
 
+import base64
+import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,7 +66,7 @@ def signals_to_dict(s: UserSignals) -> dict[str, Any]:
         "tag_affinities": dict(s.tag_affinities),
         "recent_ids": list(s.recent_ids),
         "seen_ids": sorted(s.seen_ids),
-        "preference_vector": list(s.preference_vector) if s.preference_vector else None,
+        "preference_vector": _pack_vector(s.preference_vector),
         "version": s.version,
     }
 
@@ -81,9 +83,26 @@ def signals_from_dict(d: dict[str, Any]) -> UserSignals:
         tag_affinities=d["tag_affinities"],
         recent_ids=tuple(d["recent_ids"]),
         seen_ids=frozenset(d["seen_ids"]),
-        preference_vector=tuple(pv) if pv else None,
+        preference_vector=_unpack_vector(pv),
         version=d.get("version", 1),
     )
+
+
+def _pack_vector(v: tuple[float, ...] | None) -> str | None:
+    """A float32 vector as base64 (little-endian): ~2 KB instead of ~7 KB of JSON
+    numbers for 384 dimensions, and exact for the float32 values signals hold."""
+    if not v:
+        return None
+    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")
+
+
+def _unpack_vector(raw: str | list[float] | None) -> tuple[float, ...] | None:
+    if not raw:
+        return None
+    if isinstance(raw, list):  # written by an earlier version
+        return tuple(float(x) for x in raw)
+    data = base64.b64decode(raw)
+    return struct.unpack(f"<{len(data) // 4}f", data)
 
 
 def recommendation_to_dict(rec: Recommendation) -> dict[str, Any]:

@@ -39,9 +39,13 @@ def rank(
     """Return the top ``k`` items with a reason each.
 
     Scores within a source are scaled to [0, 1] by that source's best score, so
-    sources with different scales (cosine, co-occurrence counts, popularity) mix
-    by their configured weights. Items the user has seen or asked to exclude
-    never appear. A greedy pass penalises an item for each already chosen item
+    sources with different scales (cosine, co-occurrence counts) mix by their
+    configured weights. Popularity is a prior, not evidence: it multiplies an
+    item's personal score by ``1 + prior_boost * popularity``, and an item that
+    only popularity recalled scores ``prior_alone * popularity`` (so a user who
+    engaged with one kind of item sees that kind first, and a new user still
+    gets popular items). Items the user has seen or asked to exclude never
+    appear. A greedy pass penalises an item for each already chosen item
     that shares its leading tag, keeping some diversity across tags.
     """
     if k <= 0:
@@ -55,11 +59,18 @@ def rank(
             by_source[cand.source].append(cand)
 
     combined: dict[str, float] = defaultdict(float)
+    prior: dict[str, float] = {}
     best_part: dict[str, tuple[float, str, str]] = {}
     sources_of: dict[str, list[str]] = defaultdict(list)
     for source, cands in sorted(by_source.items()):
-        weight = config.source_weights.get(source, 0.0)
         top = max((c.score for c in cands), default=0.0)
+        if source == config.prior_source:
+            for cand in cands:
+                if top > 0 and cand.score > 0 and cand.content_id not in prior:
+                    prior[cand.content_id] = cand.score / top
+                    sources_of[cand.content_id].append(source)
+            continue
+        weight = config.source_weights.get(source, 0.0)
         if weight == 0.0 or top <= 0.0:
             continue
         seen_here: set[str] = set()
@@ -76,10 +87,18 @@ def rank(
 
     affinities = signals.tag_affinities if signals is not None else {}
     scored: list[tuple[float, str]] = []
-    for cid, base in combined.items():
+    for cid in combined.keys() | prior.keys():
+        base, q = combined.get(cid, 0.0), prior.get(cid, 0.0)
+        if base > 0:
+            base *= 1.0 + config.prior_boost * q
+        else:
+            base = config.prior_alone * q
+            best_part[cid] = (base, config.prior_source, "")
         content = contents.get(cid)
         tags = content.tags if content is not None else ()
-        scored.append((base + config.tag_weight * score_tag(affinities, tags), cid))
+        # Rounded so that float noise (sums taken in another order by another
+        # replica or a replay) can never reorder items: ties break by id.
+        scored.append((round(base + config.tag_weight * score_tag(affinities, tags), 9), cid))
     scored.sort(key=lambda sc: (-sc[0], sc[1]))
     pool = scored[: max(k * config.candidate_multiplier, k)]
 

@@ -6,6 +6,8 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.types import Content, InteractionEvent, UserSignals, Vector
 
@@ -28,7 +30,7 @@ def decay(age_ms: float, half_life_days: float) -> float:
     """Exponential decay factor for an event ``age_ms`` older than the newest."""
     if half_life_days <= 0 or age_ms <= 0:
         return 1.0
-    return 0.5 ** (age_ms / (half_life_days * _MS_PER_DAY))
+    return math.pow(0.5, age_ms / (half_life_days * _MS_PER_DAY))
 
 
 def compute_signals(
@@ -86,23 +88,19 @@ def compute_signals(
 def preference_vector(
     item_weights: Mapping[str, float], vectors: Mapping[str, Vector], *, limit: int = 50
 ) -> tuple[float, ...] | None:
-    """Weighted centroid of the ``limit`` heaviest positive items' vectors, L2-normalised."""
+    """Weighted centroid of the ``limit`` heaviest positive items' vectors,
+    L2-normalised and rounded to float32 (so it survives a binary round trip)."""
     top = sorted(
         ((c, w) for c, w in item_weights.items() if w > 0 and c in vectors),
         key=lambda cw: (-cw[1], cw[0]),
     )[:limit]
-    acc: list[float] | None = None
-    for cid, w in top:
-        vec = vectors[cid]
-        if acc is None:
-            acc = [0.0] * len(vec)
-        if len(vec) != len(acc):
-            continue
-        for i, x in enumerate(vec):
-            acc[i] += w * x
-    if acc is None:
+    if not top:
         return None
-    norm = math.sqrt(sum(x * x for x in acc))
-    if norm == 0:
+    dim = len(vectors[top[0][0]])
+    rows = [(vectors[c], w) for c, w in top if len(vectors[c]) == dim]
+    matrix = np.asarray([v for v, _ in rows], dtype=np.float64)
+    acc = np.asarray([w for _, w in rows], dtype=np.float64) @ matrix
+    norm = float(np.linalg.norm(acc))
+    if norm == 0.0 or not math.isfinite(norm):
         return None
-    return tuple(round(x / norm, 6) for x in acc)
+    return tuple((acc / norm).astype(np.float32).tolist())

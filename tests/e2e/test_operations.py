@@ -1,0 +1,350 @@
+"""Operations on a running worker: /healthz, /readyz, /metrics, logs, SIGTERM.
+
+Real Kafka, real Redis (a private redis-server where a test stops it), the
+embedded Qdrant (a copy per extra worker: a shard is locked by its process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from tests.e2e.conftest import Stack, track
+from tests.e2e.test_worker_e2e import client, eventually, produce
+from tests.servers import RedisServer, WorkerProcess
+from worker.metrics import parse_metrics
+
+pytestmark = pytest.mark.kafka
+
+
+def http_get(port: str | int, path: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def get(w: WorkerProcess, path: str) -> tuple[int, dict[str, str], bytes]:
+    return await asyncio.to_thread(http_get, w.env["WEB_PORT"], path)
+
+
+async def metrics(w: WorkerProcess) -> dict[str, float]:
+    status, headers, body = await get(w, "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return parse_metrics(body.decode())
+
+
+async def wait_ready(w: WorkerProcess, timeout: float = 120.0) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        if w.proc is not None and w.proc.poll() is not None:
+            raise AssertionError(f"worker exited:\n{w.log()[-3000:]}")
+        try:
+            status, _, body = await get(w, "/readyz")
+        except OSError:  # the web server starts after table recovery
+            return None
+        return orjson.loads(body) if status == 200 else None
+
+    return await eventually(probe, timeout=timeout, what="/readyz 200")
+
+
+def own_qdrant(stack: Stack, tmp: Path, name: str) -> str:
+    """A copy of the module's embedded Qdrant (the module worker holds the original)."""
+    dest = tmp / f"qdrant-{name}"
+    shutil.copytree(Path(stack.env["QDRANT_PATH"]), dest)
+    return str(dest)
+
+
+# --- endpoints on the module's worker ---------------------------------------------------
+
+
+async def test_healthz_answers(stack: Stack, worker: WorkerProcess) -> None:
+    status, headers, body = await get(worker, "/healthz")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert orjson.loads(body)["status"] == "ok"
+
+
+async def test_readyz_is_200_with_the_checks(stack: Stack, worker: WorkerProcess) -> None:
+    body = await wait_ready(worker)
+    assert body["ready"] is True
+    assert body["partitions"] >= 3  # events, interactions and requests, 4 partitions each
+    assert body["stores"] == {"redis": "ok", "qdrant": "ok"}
+    assert body["retrying"] is None
+    assert "reason" not in body
+
+
+async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess) -> None:
+    await wait_ready(worker)
+    before = await metrics(worker)
+    user = f"met-{uuid.uuid4().hex[:6]}"
+    n = 5
+    await produce(stack, [(user.encode(), track(user, str(100 + i))) for i in range(n)]
+                  + [(None, b"{not json")])
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        await eventually(lambda: redis.get(f"{stack.prefix}:{{{user}}}:sig"), what="signals")
+    finally:
+        await redis.aclose()
+    async with client(stack) as c:
+        assert "items" in await c.recommend(user, k=3)
+
+    def delta(after: dict[str, float], key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    async def moved() -> dict[str, float] | None:
+        after = await metrics(worker)
+        ok = (delta(after, "recsys_records_consumed_total") >= n + 1
+              and delta(after, "recsys_interactions_written_total") >= n
+              and delta(after, "recsys_dead_lettered_total{reason=invalid_json}") >= 1
+              and delta(after, "recsys_requests_total{outcome=served}") >= 1)
+        return after if ok else None
+
+    after = await eventually(moved, what="counters to move")
+    for key in ("recsys_ingest_batch_duration_seconds_count{agent=ingest}",
+                "recsys_ingest_batch_duration_seconds_count{agent=apply}",
+                "recsys_request_duration_seconds_count",
+                "recsys_stage_duration_seconds_count{path=ingest,stage=parse}",
+                "recsys_stage_duration_seconds_count{path=apply,stage=redis}",
+                "recsys_stage_duration_seconds_count{path=apply,stage=qdrant}",
+                "recsys_stage_duration_seconds_count{path=request,stage=ranking}",
+                "recsys_stage_duration_seconds_count{path=request,stage=redis}"):
+        assert delta(after, key) >= 1, key
+    lags = {k: v for k, v in after.items() if k.startswith("recsys_consumer_lag{")}
+    assert any(f"topic={stack.events_topic}" in k for k in lags), lags
+    assert any(f"topic={stack.requests_topic}" in k for k in lags), lags
+    assert all(v >= 0 for v in lags.values())
+    assert after["recsys_assigned_partitions"] >= 3
+    assert after["recsys_retry_in_progress"] == 0
+    assert after["recsys_last_progress_timestamp_seconds"] > time.time() - 120
+    # One line per batch with dead letters, with the reasons.
+    worker.wait_for_log("dead-lettered 1 of ", timeout=10)
+    assert "invalid_json=1" in worker.log()
+
+
+# --- readiness follows Redis (a private redis-server) ----------------------------------
+
+
+async def test_readiness_turns_503_when_redis_stops_and_200_when_it_returns(
+    stack: Stack, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    w = stack.worker("redis-down", REDIS_URL=server.url, APP_ID=f"{stack.env['APP_ID']}-rd",
+                     QDRANT_PATH=own_qdrant(stack, tmp_path, "rd"), RETRY_MAX_BACKOFF_S="1")
+    w.start()
+    try:
+        await wait_ready(w)
+        server.stop()
+
+        async def not_ready() -> dict[str, Any] | None:
+            status, _, body = await get(w, "/readyz")
+            return orjson.loads(body) if status == 503 else None
+
+        body = await eventually(not_ready, timeout=30, what="/readyz 503")
+        assert body["ready"] is False
+        assert body["stores"]["redis"] != "ok" and body["stores"]["qdrant"] == "ok"
+        assert "redis" in body["reason"]
+        # An event arriving during the outage is retried, not lost.
+        user = f"outage-{uuid.uuid4().hex[:6]}"
+        await produce(stack, [(user.encode(), track(user, "101"))])
+        body = await eventually(lambda: _retrying(w), timeout=30, what="a retry in progress")
+        assert "retrying" in body["reason"]
+        status, _, _ = await get(w, "/healthz")
+        assert status == 200, "liveness must not follow Redis"
+
+        server.start()  # same port
+        await wait_ready(w, timeout=60)
+        redis = Redis.from_url(server.url)
+        try:
+            await eventually(lambda: redis.zcard(f"{stack.prefix}:{{{user}}}:z"),
+                             what="the event applied after the outage")
+        finally:
+            await redis.aclose()
+        after = await metrics(w)
+        assert after["recsys_retries_total"] >= 1
+        log = w.log()
+        assert "not ready: " in log and "transient failure over" in log
+    finally:
+        w.stop()
+        server.stop()
+
+
+async def _retrying(w: WorkerProcess) -> dict[str, Any] | None:
+    status, _, body = await get(w, "/readyz")
+    parsed = orjson.loads(body)
+    return parsed if status == 503 and parsed.get("retrying") else None
+
+
+# --- SIGTERM mid-stream: nothing lost, nothing doubled, exit 0 ------------------------
+
+
+async def _redis_state(redis: Redis, prefix: str, users: list[str]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for u in users:
+        members = await redis.zrange(f"{prefix}:{{{u}}}:z", 0, -1, withscores=True)
+        sig = await redis.get(f"{prefix}:{{{u}}}:sig")
+        state[u] = {"z": sorted((m.decode(), s) for m, s in members),
+                    "sig": orjson.loads(sig) if sig else None}
+    return state
+
+
+async def test_sigterm_mid_stream_loses_nothing_and_exits_0(
+    stack: Stack, tmp_path: Path
+) -> None:
+    app_id = f"{stack.env['APP_ID']}-term"
+    topic = f"{stack.events_topic}-term"
+    prefix = stack.prefix + "t"
+    qdrant = own_qdrant(stack, tmp_path, "term")
+    env = {"APP_ID": app_id, "EVENTS_TOPIC": topic, "KEY_PREFIX": prefix,
+           "QDRANT_PATH": qdrant, "BATCH_SIZE": "20", "READY_STALL_S": "20"}
+    w = stack.worker("term", **env)
+    w.start()
+    users = [f"term-{i}" for i in range(12)]
+    base = datetime.now(UTC) - timedelta(hours=2)
+    produced: dict[str, list[str]] = {u: [] for u in users}
+    records: list[tuple[bytes, bytes]] = []
+    for i in range(900):
+        u = users[i % len(users)]
+        mid = f"m-{i}"
+        produced[u].append(mid)
+        ts = (base + timedelta(seconds=i)).isoformat(timespec="milliseconds")
+        records.append((u.encode(), track(u, str(100 + i % 60), mid=mid, ts=ts)))
+    try:
+        await wait_ready(w)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.broker, acks="all")
+        await producer.start()
+        try:
+            sent = 0
+
+            async def send(upto: int) -> None:
+                nonlocal sent
+                while sent < upto:
+                    key, value = records[sent]
+                    await producer.send(topic, key=key, value=value)
+                    sent += 1
+                    if sent % 30 == 0:
+                        await producer.flush()
+                        await asyncio.sleep(0.05)
+                await producer.flush()
+
+            await send(450)
+            # Stop while events are still arriving and being processed.
+            stopping = asyncio.create_task(asyncio.to_thread(_timed_stop, w))
+            await send(700)
+            code, took = await stopping
+            await send(len(records))
+        finally:
+            await producer.stop()
+        assert code == 0, w.log()[-3000:]
+        assert took < 30, took
+        log = w.log()
+        assert "shutdown: draining in-flight events" in log
+        assert "shutdown complete: " in log
+        print(f"SIGTERM -> exit {code} in {took:.2f}s")  # shown with -s
+
+        # Restart the same group; and a clean pass (new group, other prefix) for comparison.
+        w2 = stack.worker("term", **env)
+        clean = stack.worker("term-clean", **{**env, "APP_ID": app_id + "-clean",
+                                              "KEY_PREFIX": prefix + "c",
+                                              "QDRANT_PATH": own_qdrant(stack, tmp_path, "c")})
+        w2.start()
+        clean.start()
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            async def complete(pfx: str) -> bool:
+                for u in users:
+                    if await redis.zcard(f"{pfx}:{{{u}}}:z") < len(produced[u]):
+                        return False
+                return True
+
+            try:
+                await eventually(lambda: complete(prefix), timeout=150, what="restart to finish")
+            except AssertionError as exc:
+                _, _, ready = await get(w2, "/readyz")
+                lag = {k: v for k, v in (await metrics(w2)).items() if "lag" in k and v}
+                raise AssertionError(f"{exc}; /readyz: {ready.decode()}; lag: {lag}") from None
+            await eventually(lambda: complete(prefix + "c"), timeout=150, what="the clean pass")
+            await asyncio.sleep(2)  # let any redelivered duplicate arrive (must change nothing)
+            resumed = await _redis_state(redis, prefix, users)
+            reference = await _redis_state(redis, prefix + "c", users)
+            for u in users:
+                assert [m for m, _ in resumed[u]["z"]] == sorted(produced[u]), u
+                assert resumed[u] == reference[u], u
+            pop = dict(await redis.zrange(f"{prefix}:pop", 0, -1, withscores=True))
+            pop_ref = dict(await redis.zrange(f"{prefix}c:pop", 0, -1, withscores=True))
+            assert pop.keys() == pop_ref.keys()
+            assert all(pop[k] == pytest.approx(pop_ref[k], rel=1e-9) for k in pop)
+        finally:
+            await redis.aclose()
+            assert w2.stop() == 0
+            assert clean.stop() == 0
+    finally:
+        w.stop()
+
+
+def _timed_stop(w: WorkerProcess) -> tuple[int | None, float]:
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    code = w.stop(signal.SIGTERM, timeout=60)
+    return code, time.monotonic() - t0
+
+
+# --- logs: JSON lines, secrets never printed ------------------------------------------
+
+
+async def test_json_logs_and_secrets_never_printed(stack: Stack, tmp_path: Path) -> None:
+    """A worker at DEBUG with a Redis password and a SASL password set prints neither;
+    with LOG_JSON=true our lines and Faust's are JSON objects."""
+    redis_pw = "redis-Pa55-" + uuid.uuid4().hex[:8]
+    sasl_pw = "sasl-Pa55-" + uuid.uuid4().hex[:8]
+    server = RedisServer(tmp_path / "redis-auth", extra=["--requirepass", redis_pw])
+    server.start()
+    url = f"redis://:{redis_pw}@127.0.0.1:{server.port}/0"
+    w = stack.worker("secrets", REDIS_URL=url, KAFKA_SASL_USERNAME="recsys",
+                     KAFKA_SASL_PASSWORD=sasl_pw, LOG_LEVEL="DEBUG", LOG_JSON="true",
+                     APP_ID=f"{stack.env['APP_ID']}-sec",
+                     QDRANT_PATH=own_qdrant(stack, tmp_path, "sec"))
+    w.start()
+    try:
+        await wait_ready(w)
+        user = f"sec-{uuid.uuid4().hex[:6]}"
+        await produce(stack, [(user.encode(), track(user, "100")), (None, b"[1")])
+        redis = Redis.from_url(url)
+        try:
+            await eventually(lambda: redis.get(f"{stack.prefix}:{{{user}}}:sig"),
+                             what="the event applied")
+        finally:
+            await redis.aclose()
+    finally:
+        assert w.stop() == 0
+        server.stop()
+    log = w.log()
+    assert redis_pw not in log and sasl_pw not in log
+    assert "redis://:***@127.0.0.1" in log  # the start line names Redis, masked
+    lines = [json.loads(ln) for ln in log.splitlines() if ln.startswith("{")]
+    ours = [ln for ln in lines if ln["logger"].startswith("worker.")]
+    assert any(ln["msg"].startswith("worker started: ") for ln in ours)
+    assert any(ln["msg"].startswith("partitions assigned: ") for ln in ours)
+    assert any(ln["msg"].startswith("dead-lettered 1 of ") for ln in ours)
+    assert any(ln["msg"].startswith("shutdown complete: ") for ln in ours)
+    assert any(ln["logger"].startswith("faust.") and ln["level"] == "debug" for ln in lines)
+    assert any("[^Worker]: Ready" in ln["msg"] for ln in lines)
+    # Our lines never carry a user id in clear (Faust's and aiokafka's DEBUG lines
+    # print payloads: production runs at INFO).
+    assert not [ln for ln in ours if user in json.dumps(ln)]
