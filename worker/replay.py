@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from worker.pipeline import IngestPipeline, parse_batch
 from worker.recsys_core.types import AppendStatus
 from worker.settings import Settings
+from worker.topics import is_sentinel
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,28 @@ async def plan(
             found = await consumer.offsets_for_times(
                 {tp: int(until.timestamp() * 1000) + 1 for tp in tps})
             last = {tp: (found[tp].offset if found[tp] is not None else end[tp]) for tp in tps}
-        return [PartitionRange(tp.partition, max(first[tp], begin[tp]), last[tp]) for tp in tps]
+        starts = {tp: max(first[tp], begin[tp]) for tp in tps}
+        await _skip_leading_sentinels(consumer, starts, last)
+        return [PartitionRange(tp.partition, starts[tp], last[tp]) for tp in tps]
     finally:
         await consumer.stop()
+
+
+async def _skip_leading_sentinels(consumer: AIOKafkaConsumer,
+                                  starts: dict[TopicPartition, int],
+                                  ends: dict[TopicPartition, int]) -> None:
+    """Move a range's start past the sentinel record the worker writes at offset 0."""
+    todo = [tp for tp, s in starts.items() if s == 0 and ends[tp] > 0]
+    if not todo:
+        return
+    consumer.assign(todo)
+    for tp in todo:
+        consumer.seek(tp, 0)
+    for tp in todo:
+        polled = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+        msgs = polled.get(tp, [])
+        if msgs and msgs[0].offset == 0 and is_sentinel(msgs[0].headers):
+            starts[tp] = 1
 
 
 async def run(
@@ -155,8 +175,10 @@ async def run(
                 for m in msgs:
                     if m.offset >= end:
                         break
-                    records.append((m.key, m.value or b"", f"{tp.topic}/{tp.partition}/{m.offset}"))
                     done_offsets[tp] = m.offset + 1
+                    if is_sentinel(m.headers):
+                        continue
+                    records.append((m.key, m.value or b"", f"{tp.topic}/{tp.partition}/{m.offset}"))
             for tp in list(remaining):
                 if await consumer.position(tp) >= remaining[tp].end:
                     done_offsets.setdefault(tp, remaining[tp].end)

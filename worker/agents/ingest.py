@@ -36,6 +36,7 @@ from worker.pipeline import (
 from worker.recsys_core.errors import StoreError, TransientStoreError
 from worker.retry import RetryState, retry_forever
 from worker.stats import Stats
+from worker.topics import is_sentinel
 
 if TYPE_CHECKING:
     from worker.app import RecsysApp
@@ -109,7 +110,7 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
                 records = [
                     (ev.key, ev.value,
                      f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}")
-                    for ev in batch
+                    for ev in batch if not is_sentinel(ev.headers)
                 ]
                 stats.records_consumed += len(records)
                 with stats.timed("ingest", "parse"):
@@ -145,6 +146,9 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
     async def apply(stream: Any) -> None:
         manual = stream.noack()
         async for event in manual.events():
+            if is_sentinel(event.headers):
+                await manual.ack(event)
+                continue
             with stats.timed("apply"):
                 evs = decode_interactions(event.value)
                 result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,

@@ -21,6 +21,7 @@ import orjson
 from worker.recsys_core.codec import recommendation_to_dict, signals_from_dict
 from worker.recsys_core.errors import TransientStoreError
 from worker.serving import BadRequest, parse_request
+from worker.topics import is_sentinel
 
 if TYPE_CHECKING:
     from worker.app import RecsysApp
@@ -77,6 +78,8 @@ def register_recommend(app: RecsysApp, table: Any) -> None:
     @app.agent(requests_topic, name="recommend")
     async def recommend(stream: Any) -> Any:
         async for event in stream.events():
+            if is_sentinel(event.headers):
+                continue
             shed = overloaded(event)
             if shed is not None:
                 yield shed
