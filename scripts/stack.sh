@@ -316,8 +316,13 @@ kafka_start() {
     fi
     if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
         local cluster_id
-        # 16 random bytes, base64url without padding = a Kafka Uuid string.
-        cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        # 16 random bytes, base64url without padding = a Kafka Uuid string. One in
+        # 64 starts with '-', which the tool's argument parser takes for an option:
+        # draw again until it does not.
+        cluster_id="-"
+        while [[ "$cluster_id" == -* ]]; do
+            cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        done
         log "kafka: formatting storage (cluster id $cluster_id)"
         "$JAVA" "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format \
             -t "$cluster_id" -c "$KAFKA_DIR/server.properties" --ignore-formatted \

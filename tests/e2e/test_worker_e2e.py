@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,24 +16,12 @@ from redis.asyncio import Redis
 
 from tests.conftest import SHARED
 from tests.e2e.conftest import Stack, genre_of, track
+from tests.polling import eventually
 from tests.servers import WorkerProcess
 from worker.client import RecsysClient
 
 T = TypeVar("T")
 pytestmark = pytest.mark.kafka
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0,
-                     what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def produce(stack: Stack, records: list[tuple[bytes | None, bytes]]) -> None:

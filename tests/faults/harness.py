@@ -19,17 +19,17 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
+from tests.polling import eventually
 from tests.servers import REPO
 
-T = TypeVar("T")
 RESULTS = REPO / "benchmarks" / "results" / "reliability.json"
 CATALOGUE_IDS = [str(c) for c in range(100, 160)]
 
@@ -314,19 +314,6 @@ async def group_lag(broker: str, group: str, topics: Sequence[str],
     finally:
         await consumer.stop()
         await admin.close()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float,
-                     what: str, interval: float = 0.5) -> T:
-    """Poll ``probe`` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def wait_caught_up(broker: str, group: str, topics: Sequence[str], *,

@@ -177,8 +177,9 @@ async def _buffered_at_least(url: str, prefix: str, n: int) -> bool:
 def _stack_kafka(cmd: str, stack_dir: Path, port: int, cport: int) -> None:
     env = {**os.environ, "STACK_DIR": str(stack_dir), "KAFKA_PORT": str(port),
            "KAFKA_CONTROLLER_PORT": str(cport), "KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m"}
-    subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), cmd, "kafka"], env=env,
-                   cwd=REPO, check=True, capture_output=True)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), cmd, "kafka"], env=env,
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, f"stack.sh {cmd} kafka failed:\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture
