@@ -19,6 +19,7 @@ from worker.ops import OpsState, register_pages
 from worker.retry import RetryState
 from worker.settings import Settings
 from worker.stats import Stats
+from worker.watchdog import register_watchdog
 
 log = logging.getLogger("worker.app")
 
@@ -172,6 +173,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
     register_recommend(app, table)
     if settings.web_port != 0:
         register_pages(app)
+    register_watchdog(app)
 
     @app.on_partitions_assigned.connect
     async def _log_assignment(sender: Any, assigned: Any, **_: Any) -> None:

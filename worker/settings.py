@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     # --- Operations -------------------------------------------------------------
+    stall_reseek_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="Re-read a partition from its committed offset after this long "
+        "with lag and no progress (0 disables).",
+    )
     ready_stall_s: float = Field(
         60.0, gt=0, le=3600,
         description="/readyz: not ready if there is lag and nothing progressed for this long.",
