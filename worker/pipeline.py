@@ -30,10 +30,6 @@ from worker.stats import StageClock, StageObserver
 class BatchBuffer(Protocol):
     """The buffer operations the pipeline needs (RedisEventBuffer and its fake)."""
 
-    async def append_many(self, events: Sequence[InteractionEvent]) -> list[AppendStatus]: ...
-
-    async def fetch_many(self, user_ids: Sequence[str]) -> list[list[InteractionEvent]]: ...
-
     async def append_and_fetch(
         self, events: Sequence[InteractionEvent]
     ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]: ...

@@ -34,8 +34,6 @@ class ItemStats(Protocol):
     ) -> tuple[dict[str, dict[str, float]], dict[str, float]]: ...
 
 
-PopularitySource = ItemStats  # the name the first version used
-
 
 class BadRequest(ValueError):
     """A request that cannot be served; the reply says why."""
