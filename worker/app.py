@@ -6,13 +6,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
+import signal
 import ssl
 from typing import Any
 
 import faust
 
 from worker.bootstrap import Services, build_adapters, build_services
+from worker.consumer_guard import OffsetGuard, install_offset_guard
 from worker.logs import faust_logging_config
 from worker.metrics import Metrics
 from worker.ops import OpsState, register_pages
@@ -33,6 +37,7 @@ class RecsysApp(faust.App):
     retry_state: RetryState
     metrics: Metrics
     ops_state: OpsState
+    offset_guard: OffsetGuard
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -44,6 +49,8 @@ class RecsysApp(faust.App):
                  "partitions=%d", s.app_id, ",".join(s.bootstrap_servers),
                  desc.get("redis", "?"), desc.get("qdrant", "?"), s.web_port or "off",
                  s.topic_partitions)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
 
     async def on_stop(self) -> None:
         """SIGTERM/SIGINT: Faust stops fetching, waits for in-flight events to be
@@ -72,6 +79,15 @@ class RecsysApp(faust.App):
                      sum(st.dead_lettered.values()), st.requests_served, st.requests_failed)
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task of the worker waits (for a hung worker)."""
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    log.warning("SIGUSR1: %d asyncio tasks\n%s", len(tasks), out.getvalue())
+
+
 def broker_credentials(settings: Settings) -> Any:
     """Faust credentials for SSL / SASL_SSL / SASL_PLAINTEXT, or None for PLAINTEXT."""
     proto = settings.kafka_security_protocol
@@ -91,34 +107,21 @@ def broker_credentials(settings: Settings) -> Any:
     return ctx
 
 
-def guard_acks(app: faust.App) -> None:
-    """Never mark a message done while the consumer is paused or the message is
-    from an older group generation.
-
-    Faust acks ("skips") the messages it drops while flow control is suspended
-    (shutdown, rebalance) or that were fetched under an older generation, so that
-    the commit can move on: if such an offset is committed, the record is never
-    processed by anyone. Refusing those acks leaves the record uncommitted, and
-    it is fetched again from the committed offset (by this worker after the
-    rebalance, or by the next owner). Our own acks come after processing, and a
-    dropped one costs only a redelivery, which every effect tolerates.
-    """
-    consumer = app.consumer
-    original = consumer.ack
-
-    def ack(message: Any) -> bool:
-        if not app.flow_control.is_active() or (
-            message.generation_id is not None
-            and message.generation_id != app.consumer_generation_id
-        ):
-            # Done with as far as shutdown's wait_empty is concerned, but its
-            # offset is not marked committable (that is what Consumer.ack adds).
-            message.acked = True
-            consumer._unacked_messages.discard(message)
-            return False
-        return bool(original(message))
-
-    consumer.ack = ack  # type: ignore[method-assign]
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka security options from the settings."""
+    opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    creds = broker_credentials(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        assert settings.kafka_sasl_password is not None
+        opts.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_context=creds.ssl_context,
+        )
+    elif settings.kafka_security_protocol == "SSL":
+        opts["ssl_context"] = creds
+    return opts
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> RecsysApp:
@@ -168,7 +171,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         key_type=bytes,
         value_type=bytes,
     )
-    guard_acks(app)
+    app.offset_guard = install_offset_guard(app)
     register_ingest(app, table)
     register_recommend(app, table)
     if settings.web_port != 0:

@@ -26,22 +26,10 @@ def _settings() -> Settings:
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka security options from the settings."""
-    from worker.app import broker_credentials
+    """aiokafka security options from the settings (see ``worker.app.kafka_options``)."""
+    from worker.app import kafka_options as options
 
-    opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    creds = broker_credentials(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        assert settings.kafka_sasl_password is not None
-        opts.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
-            ssl_context=creds.ssl_context,
-        )
-    elif settings.kafka_security_protocol == "SSL":
-        opts["ssl_context"] = creds
-    return opts
+    return options(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

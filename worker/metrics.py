@@ -52,6 +52,17 @@ class _AppCollector(Collector):
                        rs.retries)
         yield _gauge("retry_in_progress", "1 while a transient failure is being retried.",
                      1 if rs.failing else 0)
+        guard = getattr(self.app, "offset_guard", None)
+        if guard is not None:
+            c = guard.counters
+            yield _counter("consumer_reseeks", "Partitions re-read from their committed "
+                           "offset because the commit could not move.", c.reseeks)
+            yield _counter("consumer_gaps_suspected", "Offset jumps seen by the consumer "
+                           "(never committed unless proven empty).", c.gaps_suspected)
+            yield _counter("consumer_gaps_confirmed", "Offset ranges proven empty by a "
+                           "re-read and committed past.", c.gaps_confirmed)
+            yield _counter("consumer_acks_refused", "Acks refused for records dropped "
+                           "during a pause or from an older generation.", c.acks_refused)
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "Highwater minus committed offset, "
                                 "per assigned partition of the consumed topics.",
                                 labels=["topic", "partition"])

@@ -74,6 +74,59 @@ def consumer_lag(app: RecsysApp) -> dict[tuple[str, int], int]:
     return out
 
 
+def consumer_state(app: RecsysApp) -> dict[str, dict[str, Any]]:
+    """Per watched partition, what Faust's consumer and aiokafka believe: the
+    committed offset, Faust's read offset, aiokafka's fetch position and pause
+    flag, the highwater, whether Faust fetches it (active/buffered/paused), and
+    the acked-but-uncommitted offsets. Diagnostic only (shown by /readyz when the
+    worker is stalled), read without locks."""
+    consumer = _consumer(app)
+    if consumer is None:
+        return {}
+    try:
+        assignment = consumer.assignment()
+    except Exception:
+        return {}
+    topics = watched_topics(app)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        from aiokafka.structs import TopicPartition
+
+        sub = consumer._thread._ensure_consumer()._fetcher._subscriptions.subscription
+    except Exception:
+        sub = None
+    active = getattr(consumer, "_active_partitions", None) or set()
+    for tp in sorted(assignment):
+        if tp.topic not in topics:
+            continue
+        row: dict[str, Any] = {
+            "committed": getattr(consumer, "_committed_offset", {}).get(tp),
+            "read": getattr(consumer, "_read_offset", {}).get(tp),
+            "active": tp in active,
+            "buffered": tp in getattr(consumer, "_buffered_partitions", set()),
+            "paused": tp in getattr(consumer, "_paused_partitions", set()),
+        }
+        try:
+            row["highwater"] = consumer.highwater(tp)
+        except Exception:
+            row["highwater"] = None
+        acked = getattr(consumer, "_acked", {}).get(tp) or []
+        row["acked"] = len(acked)
+        row["acked_min"] = min(acked) if acked else None
+        if sub is not None:
+            try:
+                state = sub.assignment.state_value(TopicPartition(tp.topic, tp.partition))
+                row["position"] = None if state is None else state.position
+                row["kafka_paused"] = None if state is None else state.paused
+            except Exception:
+                pass
+        out[f"{tp.topic}:{tp.partition}"] = row
+    row_unacked = getattr(consumer, "_unacked_messages", ())
+    out["_"] = {"unacked": len(row_unacked), "flow_active": getattr(consumer, "flow_active", None),
+                "generation": getattr(app, "consumer_generation_id", None)}
+    return out
+
+
 def assigned_partitions(app: RecsysApp) -> list[str]:
     consumer = _consumer(app)
     if consumer is None:
@@ -134,6 +187,7 @@ async def readiness(app: RecsysApp, *, now: float | None = None) -> Readiness:
     if total_lag > 0 and idle > s.ready_stall_s:
         reasons.append(f"stalled: lag {total_lag} and no progress for {idle:.0f}s "
                        f"(READY_STALL_S={s.ready_stall_s:g})")
+        checks["consumer"] = consumer_state(app)
 
     try:
         stores = await asyncio.wait_for(app.services.adapters.ping(), s.ready_ping_timeout_s)

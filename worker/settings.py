@@ -86,8 +86,13 @@ class Settings(BaseSettings):
     log_json: bool = False
 
     # --- Operations -------------------------------------------------------------
+    reply_topic_wait_s: float = Field(
+        3.0, gt=0, le=60,
+        description="How long a request waits for its reply topic to appear in the "
+        "broker's metadata; a request whose reply topic does not exist gets no reply.",
+    )
     stall_reseek_s: float = Field(
-        10.0, ge=0, le=3600,
+        5.0, ge=0, le=3600,
         description="Re-read a partition from its committed offset after this long "
         "with lag and no progress (0 disables).",
     )

@@ -1,13 +1,15 @@
-"""Unstick a partition that has lag but makes no progress.
+"""Unstick a partition whose commit cannot move.
 
-Faust (0.15) can drop records it fetched around a rebalance or a pause without
-handing them to the agent; the worker refuses to ack those (see
-``worker.app.guard_acks``), so they are not lost, but the consumer's fetch
-position is already past them and the committed offset stays stuck: the
-partition stalls until the next rebalance. This timer notices a partition whose
-committed offset has not moved for ``STALL_RESEEK_S`` while records wait, and
-seeks it back to the committed offset so the records are read again. Every
-effect is idempotent, so re-reading what was already applied changes nothing.
+The consumer guard (``worker.consumer_guard``) never commits past a record that
+was not processed. When Faust drops a fetched record (around a rebalance, a
+pause or a seek), or jumps over offsets, the committed offset of that partition
+stops moving while records wait. This timer notices a partition whose committed
+offset has not moved for ``STALL_RESEEK_S`` while it has lag (sooner, after
+one second, when the consumer reported a jump at the head) and asks the broker
+for the first record at that offset: if there is none up to the next record
+(transaction markers, compaction), the commit moves past the range; otherwise
+the partition is re-read from the committed offset. Every effect is
+idempotent, so re-reading what was already applied changes nothing.
 """
 
 from __future__ import annotations
@@ -16,49 +18,83 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from worker.ops import watched_topics
+from worker.consumer_guard import first_offsets_from
+from worker.ops import consumer_state, watched_topics
 
 if TYPE_CHECKING:
     from worker.app import RecsysApp
 
 log = logging.getLogger("worker.watchdog")
 
+#: How long the commit may wait at a suspected jump before the partition is re-read.
+SUSPECTED_GAP_WAIT_S = 1.0
+
 
 def register_watchdog(app: RecsysApp) -> None:
+    from worker.app import kafka_options
+
     after = app.settings.stall_reseek_s
     if after <= 0:
         return
     since: dict[Any, tuple[int, float]] = {}  # tp -> (committed offset, unchanged since)
 
-    @app.timer(interval=max(after / 4, 0.5))
+    @app.timer(interval=min(max(after / 4, 0.25), SUSPECTED_GAP_WAIT_S / 2))
     async def unstick() -> None:
         consumer = getattr(app, "_consumer", None)
-        if (consumer is None or not app.flow_control.is_active()
-                or app.retry_state.failing is not None or app.rebalancing):
+        guard = getattr(app, "offset_guard", None)
+        if (consumer is None or guard is None or not app.flow_control.is_active()
+                or app.retry_state.failing is not None or app.rebalancing
+                or getattr(app, "in_recovery", False)):
             since.clear()
             return
         topics = watched_topics(app)
-        committed_map = getattr(consumer, "_committed_offset", {})
         now = time.monotonic()
         for tp in list(consumer.assignment()):
             if tp.topic not in topics:
                 continue
-            committed = committed_map.get(tp)
+            committed = guard.start_offset(tp)
+            suspected = guard.suspected.get(tp)
+            if suspected:
+                for offset in [o for o in suspected if o < committed]:
+                    suspected.discard(offset)  # re-delivered meanwhile
             try:
                 highwater = consumer.highwater(tp)
             except Exception:  # not known yet
                 highwater = None
-            if committed is None or highwater is None or highwater <= committed:
+            if highwater is None or highwater <= committed:
                 since.pop(tp, None)
                 continue
             seen = since.get(tp)
             if seen is None or seen[0] != committed:
                 since[tp] = (committed, now)
                 continue
-            if now - seen[1] >= after:
-                log.warning("partition %s:%d has lag %d and no progress for %.0fs: "
-                            "re-reading from committed offset %d", tp.topic, tp.partition,
-                            highwater - committed, now - seen[1], committed)
-                app.stats.reseeks += 1
-                await consumer.seek(tp, committed)
-                since[tp] = (committed, now)
+            wait = SUSPECTED_GAP_WAIT_S if suspected else after
+            if now - seen[1] >= wait:
+                await unstick_partition(tp, committed, highwater, now - seen[1])
+                since[tp] = (committed, time.monotonic())
+
+    async def unstick_partition(tp: Any, committed: int, highwater: int, idle: float) -> None:
+        guard = app.offset_guard
+        wanted = [committed, *sorted(o for o in guard.suspected.get(tp, ()) if o > committed)]
+        try:
+            first = await first_offsets_from(app.settings.bootstrap_servers,
+                                             kafka_options(app.settings), tp, wanted[:100])
+        except Exception as exc:  # broker unreachable: try again next time
+            log.warning("partition %s:%d: cannot ask the broker about offset %d: %r",
+                        tp.topic, tp.partition, committed, exc)
+            return
+        for offset, nxt in first.items():
+            if nxt > offset:
+                guard.confirm_empty(tp, offset, nxt)
+            else:  # records are there: a real drop; the re-read below covers it
+                guard.suspected.get(tp, set()).discard(offset)
+        if first.get(committed, committed) > committed:
+            return
+        state = consumer_state(app).get(f"{tp.topic}:{tp.partition}")
+        log.warning("partition %s:%d: commit waits at offset %d (lag %d, no progress "
+                    "for %.1fs): re-reading from there", tp.topic, tp.partition,
+                    committed, highwater - committed, idle)
+        log.info("partition %s:%d consumer state before the re-read: %s", tp.topic,
+                 tp.partition, state)
+        app.stats.reseeks += 1
+        await guard.reseek(tp)

@@ -214,13 +214,8 @@ async def _redis_state(redis: Redis, prefix: str, users: list[str]) -> dict[str,
     return state
 
 
-# Known defect, issue #7 left open: after the restart, Faust 0.15 can leave a
-# partition stalled (records fetched around the rebalance are dropped and not
-# re-read; the worker refuses to ack them, so none is committed unprocessed, but the
-# partition waits). Passed in most local runs, failed in every fresh-clone CI run.
-# The assertions stay strict; the test is an expected failure until fixed.
-@pytest.mark.xfail(reason="known Faust stall after a SIGTERM restart (README: Known defect)",
-                   strict=False)
+# Before worker.consumer_guard this lost events in most fresh-clone runs: Faust
+# 0.15 committed past records it had jumped over after the restart's rebalance.
 async def test_sigterm_mid_stream_loses_nothing_and_exits_0(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -313,6 +308,64 @@ async def test_sigterm_mid_stream_loses_nothing_and_exits_0(
             assert clean.stop() == 0
     finally:
         w.stop()
+
+
+async def test_transactional_input_is_fully_processed_and_committed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Events written by a transactional producer leave offsets without records
+    (commit markers). The worker never commits past a record it did not process,
+    so it must prove those offsets empty with the broker before the commit moves:
+    every event lands in Redis and the group's lag on the topic reaches 0."""
+    app_id = f"{stack.env['APP_ID']}-tx"
+    topic = f"{stack.events_topic}-tx"
+    prefix = stack.prefix + "x"
+    w = stack.worker("tx", APP_ID=app_id, EVENTS_TOPIC=topic, KEY_PREFIX=prefix,
+                     QDRANT_PATH=own_qdrant(stack, tmp_path, "tx"))
+    w.start()
+    users = [f"tx-{i}" for i in range(6)]
+    base = datetime.now(UTC) - timedelta(hours=1)
+    produced: dict[str, int] = dict.fromkeys(users, 0)
+    try:
+        await wait_ready(w)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.broker,
+                                    transactional_id=f"tx-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        try:
+            n = 0
+            for _ in range(5):  # 5 transactions of 24 events: markers between them
+                async with producer.transaction():
+                    for _ in range(24):
+                        u = users[n % len(users)]
+                        ts = (base + timedelta(seconds=n)).isoformat(timespec="milliseconds")
+                        await producer.send(topic, key=u.encode(),
+                                            value=track(u, str(100 + n % 60), mid=f"x-{n}", ts=ts))
+                        produced[u] += 1
+                        n += 1
+        finally:
+            await producer.stop()
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            async def complete() -> bool:
+                return all([await redis.zcard(f"{prefix}:{{{u}}}:z") == produced[u]
+                            for u in users])
+
+            await eventually(complete, timeout=60, what="every transactional event applied")
+        finally:
+            await redis.aclose()
+
+        async def caught_up() -> dict[str, float] | None:
+            m = await metrics(w)
+            lag = {k: v for k, v in m.items()
+                   if k.startswith("recsys_consumer_lag{") and f"topic={topic}" in k}
+            return m if len(lag) == 4 and not any(lag.values()) else None
+
+        m = await eventually(caught_up, timeout=60, what="the commit past the markers")
+        assert m["recsys_consumer_gaps_confirmed_total"] >= 1
+        _, _, ready = await get(w, "/readyz")
+        assert orjson.loads(ready)["ready"] is True
+    finally:
+        assert w.stop() == 0
 
 
 def _timed_stop(w: WorkerProcess) -> tuple[int | None, float]:

@@ -208,6 +208,30 @@ async def test_a_plain_aiokafka_client_gets_a_reply(stack: Stack, worker: Worker
     assert len(body["value"]["items"]) == 4
 
 
+async def test_a_reply_topic_that_cannot_be_written_does_not_block_serving(
+    stack: Stack, worker: WorkerProcess
+) -> None:
+    """A caller that names a reply topic nobody can write to (deleted, or an
+    invalid name) must not hold up the requests behind it."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker)
+    await producer.start()
+    try:
+        for bad in ("no such topic!", "x" * 300, f"gone-{uuid.uuid4().hex[:8]}"):
+            await producer.send_and_wait(
+                stack.requests_topic, key=b"stray-user",
+                value=orjson.dumps({"user_id": "stray-user", "k": 2}),
+                headers=[("Faust-Ag-ReplyTo", bad.encode()),
+                         ("Faust-Ag-CorrelationId", uuid.uuid4().hex.encode())],
+            )
+    finally:
+        await producer.stop()
+    t0 = time.monotonic()
+    async with client(stack) as c:  # 20 s timeout
+        reply = await c.recommend("stray-user", k=2)
+    assert "items" in reply, reply  # answered (an unknown user: popular items, if any)
+    assert time.monotonic() - t0 < 20
+
+
 async def test_two_workers_share_the_partitions_and_both_answer(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -12,11 +12,14 @@ error reply; nothing a caller sends can crash the agent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from worker.recsys_core.codec import recommendation_to_dict, signals_from_dict
 from worker.recsys_core.errors import TransientStoreError
@@ -27,6 +30,20 @@ if TYPE_CHECKING:
     from worker.app import RecsysApp
 
 log = logging.getLogger("worker.recommend")
+
+REPLY_TO_HEADER = "Faust-Ag-ReplyTo"
+#: Kafka's legal topic names.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _header(headers: Any, name: str) -> bytes | None:
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for k, v in items:
+        if k == name:
+            return v if isinstance(v, bytes) else str(v).encode()
+    return None
 
 
 def register_recommend(app: RecsysApp, table: Any) -> None:
@@ -75,10 +92,36 @@ def register_recommend(app: RecsysApp, table: Any) -> None:
         return {"error": "overloaded",
                 "detail": f"request waited {age:.1f}s; the deadline is {deadline_s:g}s"}
 
+    async def reply_topic_ok(headers: Any) -> bool:
+        """Whether the reply can be sent. Faust would wait up to the producer's
+        request timeout (20 min) for the metadata of a topic that does not exist
+        (a caller that deleted its reply topic, a mistyped or invalid name),
+        holding up every request behind it: such a request gets no reply."""
+        raw = _header(headers, REPLY_TO_HEADER)
+        if raw is None:
+            return True  # no reply expected (a plain cast)
+        name = raw.decode("utf-8", "replace")
+        if not _TOPIC_NAME.fullmatch(name):
+            reason = "invalid name"
+        else:
+            client = app.producer._ensure_producer().client
+            if client.cluster.partitions_for_topic(name):
+                return True
+            try:
+                await asyncio.wait_for(client._wait_on_metadata(name), s.reply_topic_wait_s)
+                return True
+            except (TimeoutError, KafkaError):
+                reason = f"not found within {s.reply_topic_wait_s:g}s"
+        stats.requests_failed += 1
+        log.warning("request not answered: reply topic %r: %s", name[:120], reason)
+        return False
+
     @app.agent(requests_topic, name="recommend")
     async def recommend(stream: Any) -> Any:
         async for event in stream.events():
             if is_sentinel(event.headers):
+                continue
+            if not await reply_topic_ok(event.headers):
                 continue
             shed = overloaded(event)
             if shed is not None:
