@@ -50,7 +50,7 @@ class RecsysApp(faust.App):
                  desc.get("redis", "?"), desc.get("qdrant", "?"), s.web_port or "off",
                  s.topic_partitions)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks, self)
 
     async def on_stop(self) -> None:
         """SIGTERM/SIGINT: Faust stops fetching, waits for in-flight events to be
@@ -79,12 +79,30 @@ class RecsysApp(faust.App):
                      sum(st.dead_lettered.values()), st.requests_served, st.requests_failed)
 
 
-def dump_tasks() -> None:
+def dump_tasks(app: Any = None) -> None:
     """SIGUSR1: log where every asyncio task of the worker waits (for a hung worker)."""
     out = io.StringIO()
     tasks = asyncio.all_tasks()
     for task in tasks:
-        task.print_stack(limit=12, file=out)
+        out.write(f"task {task.get_name()}:\n")
+        coro: Any = task.get_coro()
+        while coro is not None:  # the await chain (print_stack shows one frame)
+            frame = (getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                     or getattr(coro, "ag_frame", None))
+            if frame is not None:
+                out.write(f"  {frame.f_code.co_filename}:{frame.f_lineno} "
+                          f"{frame.f_code.co_name}\n")
+            coro = (getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                    or getattr(coro, "ag_await", None))
+    try:  # the Kafka producer's sender: what is in flight, muted, waiting
+        producer = app.producer._ensure_producer()
+        sender = producer._sender
+        batches = {f"{tp.topic}:{tp.partition}": len(q)
+                   for tp, q in producer._message_accumulator._batches.items() if q}
+        out.write(f"producer: in_flight={sorted(sender._in_flight)} "
+                  f"muted={sorted(map(str, sender._muted_partitions))} batches={batches}\n")
+    except Exception as exc:
+        out.write(f"producer: {exc!r}\n")
     log.warning("SIGUSR1: %d asyncio tasks\n%s", len(tasks), out.getvalue())
 
 
