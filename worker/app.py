@@ -17,6 +17,8 @@ import faust
 
 from worker.bootstrap import Services, build_adapters, build_services
 from worker.consumer_guard import OffsetGuard, install_offset_guard
+from worker.kafka_patches import apply_all as apply_kafka_patches
+from worker.kafka_patches import producer_state
 from worker.logs import faust_logging_config
 from worker.metrics import Metrics
 from worker.ops import OpsState, register_pages
@@ -95,12 +97,7 @@ def dump_tasks(app: Any = None) -> None:
             coro = (getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
                     or getattr(coro, "ag_await", None))
     try:  # the Kafka producer's sender: what is in flight, muted, waiting
-        producer = app.producer._ensure_producer()
-        sender = producer._sender
-        batches = {f"{tp.topic}:{tp.partition}": len(q)
-                   for tp, q in producer._message_accumulator._batches.items() if q}
-        out.write(f"producer: in_flight={sorted(sender._in_flight)} "
-                  f"muted={sorted(map(str, sender._muted_partitions))} batches={batches}\n")
+        out.write(f"producer: {producer_state(app.producer._ensure_producer())}\n")
     except Exception as exc:
         out.write(f"producer: {exc!r}\n")
     log.warning("SIGUSR1: %d asyncio tasks\n%s", len(tasks), out.getvalue())
@@ -144,6 +141,7 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings, *, services: Services | None = None) -> RecsysApp:
     """The worker app with its topics, table and agents."""
+    apply_kafka_patches()
     app = RecsysApp(
         settings.app_id,
         broker=settings.kafka_broker,

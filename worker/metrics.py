@@ -61,6 +61,9 @@ class _AppCollector(Collector):
                            "(never committed unless proven empty).", c.gaps_suspected)
             yield _counter("consumer_gaps_confirmed", "Offset ranges proven empty by a "
                            "re-read and committed past.", c.gaps_confirmed)
+            yield _counter("producer_nudges", "Times the Kafka producer had batches "
+                           "waiting with nothing in flight and its sender was woken.",
+                           self.app.stats.producer_nudges)
             yield _counter("consumer_acks_refused", "Acks refused for records dropped "
                            "during a pause or from an older generation.", c.acks_refused)
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "Highwater minus committed offset, "

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from worker.consumer_guard import first_offsets_from
+from worker.kafka_patches import nudge_stuck_producer
 from worker.ops import consumer_state, watched_topics
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ log = logging.getLogger("worker.watchdog")
 
 #: How long the commit may wait at a suspected jump before the partition is re-read.
 SUSPECTED_GAP_WAIT_S = 1.0
+#: A producer batch waiting this long with no request in flight wakes the sender.
+PRODUCER_STUCK_S = 3.0
 
 
 def register_watchdog(app: RecsysApp) -> None:
@@ -40,6 +43,7 @@ def register_watchdog(app: RecsysApp) -> None:
 
     @app.timer(interval=min(max(after / 4, 0.25), SUSPECTED_GAP_WAIT_S / 2))
     async def unstick() -> None:
+        nudge_producer()
         consumer = getattr(app, "_consumer", None)
         guard = getattr(app, "offset_guard", None)
         if (consumer is None or guard is None or not app.flow_control.is_active()
@@ -72,6 +76,21 @@ def register_watchdog(app: RecsysApp) -> None:
             if now - seen[1] >= wait:
                 await unstick_partition(tp, committed, highwater, now - seen[1])
                 since[tp] = (committed, time.monotonic())
+
+    def nudge_producer() -> None:
+        try:
+            producer = app.producer._ensure_producer()
+        except Exception:  # not started yet
+            return
+        try:
+            seen = nudge_stuck_producer(producer, PRODUCER_STUCK_S)
+        except Exception as exc:  # internals changed: never break the watchdog
+            log.debug("cannot inspect the Kafka producer: %r", exc)
+            return
+        if seen is not None:
+            app.stats.producer_nudges += 1
+            log.warning("Kafka producer: batches waiting over %gs with nothing in flight; "
+                        "woke its sender: %s", PRODUCER_STUCK_S, seen)
 
     async def unstick_partition(tp: Any, committed: int, highwater: int, idle: float) -> None:
         guard = app.offset_guard

@@ -1,0 +1,119 @@
+"""Fixes for two aiokafka 0.14 metadata defects, applied when the app is built.
+
+**Untracked topics** (:func:`patch_track_sent_topics`). A client starts with an
+empty topic list, which means "fetch metadata for every topic". A producer that
+sends to a topic already in that first full fetch does not add it to the list
+(``_wait_on_metadata`` returns early). As soon as any other topic is added, the
+list is no longer empty, metadata is fetched for the listed topics only, and the
+cluster map is replaced: the untracked topic disappears from it. A batch already
+queued for it then has no known leader and waits for its delivery timeout (20
+minutes under Faust), with no new send to the topic to bring it back. Seen in
+the failover scenario: the second worker's first repartition batch waited with
+``leader=None`` for 90 s (watchdog log), so its ingest agent, its table writes,
+its commits and the next rebalance all hung. Now every topic the client sends to
+is tracked.
+
+**Lost wake-up** (:func:`patch_metadata_wakeup`).
+
+``AIOKafkaClient._md_synchronizer`` wakes up on ``_md_update_waiter`` or every
+``metadata_max_age_ms``. When it woke up on that timer and the tracked topics
+changed while it was fetching metadata (a producer sending to a topic for the
+first time adds it), it loops back to wait on the *same, still pending* waiter
+without resolving the update future. ``force_metadata_update()`` then sees an
+update "in progress", does not wake the waiter, and returns that future: every
+caller (the producer's sender waiting for a partition leader, ``send()``
+waiting for a new topic) waits until the timer fires again, minutes later.
+
+A consumer replaces its topic list on subscription changes, so it can hit this.
+The fix wakes the synchronizer whenever an update is forced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MARK = "_recsys_wakes_synchronizer"
+
+
+def patch_track_sent_topics() -> None:
+    """Make ``AIOKafkaClient._wait_on_metadata`` track every topic it is asked about."""
+    from aiokafka.client import AIOKafkaClient
+
+    original = AIOKafkaClient._wait_on_metadata
+    if getattr(original, _MARK, False):
+        return
+
+    async def _wait_on_metadata(self: Any, topic: str) -> Any:
+        if topic not in self._topics:
+            self.add_topic(topic)  # keeps it in every later metadata fetch
+        return await original(self, topic)
+
+    setattr(_wait_on_metadata, _MARK, True)
+    AIOKafkaClient._wait_on_metadata = _wait_on_metadata  # type: ignore[method-assign]
+
+
+def apply_all() -> None:
+    patch_track_sent_topics()
+    patch_metadata_wakeup()
+
+
+def patch_metadata_wakeup() -> None:
+    """Make ``AIOKafkaClient.force_metadata_update`` always wake the synchronizer."""
+    from aiokafka.client import AIOKafkaClient
+
+    original = AIOKafkaClient.force_metadata_update
+    if getattr(original, _MARK, False):
+        return
+
+    def force_metadata_update(self: Any) -> Any:
+        fut = original(self)
+        waiter = self._md_update_waiter
+        if not waiter.done():
+            waiter.set_result(None)
+        return fut
+
+    setattr(force_metadata_update, _MARK, True)
+    force_metadata_update.__doc__ = original.__doc__
+    AIOKafkaClient.force_metadata_update = force_metadata_update  # type: ignore[method-assign]
+
+
+def producer_state(producer: Any) -> dict[str, Any]:
+    """What an aiokafka producer's sender is doing (for logs): nodes with a request
+    in flight, muted partitions, and per waiting partition its batch count, the
+    oldest batch's age and the leader the client knows."""
+    import time
+
+    sender = producer._sender
+    client = producer.client
+    waiting = {}
+    for tp, queue in producer._message_accumulator._batches.items():
+        if queue:
+            waiting[f"{tp.topic}:{tp.partition}"] = {
+                "batches": len(queue),
+                "age_s": round(time.monotonic() - queue[0]._ctime, 1),
+                "leader": client.cluster.leader_for_partition(tp),
+            }
+    return {
+        "in_flight": sorted(sender._in_flight),
+        "muted": sorted(str(tp) for tp in sender._muted_partitions),
+        "waiting": waiting,
+        "metadata_update_pending": client._md_update_fut is not None,
+        "synchronizer_woken": client._md_update_waiter.done(),
+    }
+
+
+def nudge_stuck_producer(producer: Any, older_than_s: float) -> dict[str, Any] | None:
+    """If batches have waited longer than ``older_than_s`` with no request in
+    flight, wake the sender and force a metadata update; returns the state it saw
+    (``None`` when nothing was stuck). The sender normally wakes on new data, a
+    finished request or a metadata update; a batch left waiting with none of
+    these pending would otherwise wait for its delivery timeout."""
+    state = producer_state(producer)
+    stuck = [w for w in state["waiting"].values() if w["age_s"] > older_than_s]
+    if not stuck or state["in_flight"]:
+        return None
+    producer.client.force_metadata_update()
+    acc = producer._message_accumulator
+    if not acc._waiter_future.done():
+        acc._waiter_future.set_result(None)
+    return state
