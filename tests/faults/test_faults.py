@@ -248,13 +248,9 @@ def _partition(user: str, n: int) -> int:
 
 # Before worker.consumer_guard this failed in every fresh-clone run: partitions
 # taken over from the killed worker stalled (or were committed past unprocessed
-# records) after the rebalance. It now passed 22 of 25 local runs; the 3 failures
-# were another defect: the second worker's Kafka producer stopped sending right
-# after it joined (aiokafka's sender idle with batches waiting, no produce request
-# in flight; cause not found), so its commits and the rebalance after the kill hung.
-# The assertions stay strict; expected failure until that is found (issue #5).
-@pytest.mark.xfail(reason="the joining worker's Kafka producer can hang (README: "
-                   "Known defect)", strict=False)
+# records) after the rebalance. Then 3 of 25 local runs still failed on an
+# aiokafka metadata defect that hung the joining worker's producer (fixed in
+# worker.kafka_patches; README "aiokafka metadata fixes").
 async def test_scale_out_and_failover(make_run: Any) -> None:
     """Two workers in one group share the partitions; one is SIGKILLed mid-stream:
     the other takes its partitions, keeps answering, and the state is complete."""
