@@ -48,14 +48,17 @@ async def _forced_update_after_topic_change() -> bool:
             await task
 
 
-def test_unpatched_aiokafka_hangs_on_a_forced_update(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Documents the defect the patch is for (if aiokafka fixes it, this fails and
-    # the patch can go).
-    original = getattr(AIOKafkaClient.force_metadata_update, "__wrapped_original__", None)
-    if getattr(AIOKafkaClient.force_metadata_update, kafka_patches._MARK, False):
-        pytest.skip("patched in this process; the unpatched case runs in a fresh class")
-    assert original is None
-    assert asyncio.run(_forced_update_after_topic_change()) is False
+def test_unpatched_aiokafka_hangs_on_a_forced_update() -> None:
+    """The defect itself, in a fresh interpreter where the patch is not applied (if
+    aiokafka fixes it, this fails and the patch can go)."""
+    import subprocess
+    import sys
+
+    code = ("import asyncio, tests.unit.test_kafka_patches as t; "
+            "print(asyncio.run(t._forced_update_after_topic_change()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_patched_forced_update_completes() -> None:
