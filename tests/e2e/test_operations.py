@@ -146,8 +146,7 @@ async def test_readiness_turns_503_when_redis_stops_and_200_when_it_returns(
     server = RedisServer(tmp_path / "redis")
     server.start()
     # Its own events topic, created (and given a first commit) by the worker, like in
-    # production: a new group on a topic it never committed hits the Faust defect
-    # described in the README (Known defect).
+    # production.
     topic = f"{stack.events_topic}-rd"
     w = stack.worker("redis-down", REDIS_URL=server.url, APP_ID=f"{stack.env['APP_ID']}-rd",
                      EVENTS_TOPIC=topic, QDRANT_PATH=own_qdrant(stack, tmp_path, "rd"),
