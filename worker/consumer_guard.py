@@ -21,7 +21,7 @@ This module replaces those pieces on the app's consumer instance:
   offset over acked records and over gaps *proven* empty; anything else stops it.
 * **gaps** (:meth:`OffsetGuard.add_gap`): a jump in the offsets is only a
   suspicion. The commit moves past it only once the broker confirms that the
-  range holds no records (:func:`first_offset_from`, asked by the watchdog).
+  range holds no records (:func:`first_offsets_from`, asked by the watchdog).
 * **resume after recovery** (:meth:`OffsetGuard.resume_partitions`): stream
   partitions stay paused until the seek to the committed offsets is done, so
   nothing is delivered from the old position.
@@ -36,11 +36,14 @@ stall that the watchdog (``worker.watchdog``) resolves, never a lost record.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger("worker.consumer")
 
@@ -106,9 +109,9 @@ class OffsetGuard:
     def start_offset(self, tp: Any) -> int:
         """The committed offset (Kafka's: the next record to process).
 
-        Faust keeps ``None`` for "no commit" and for 0 alike; the worker commits
-        every partition of its topics before it starts (``worker.topics``), so
-        ``None`` means 0 here.
+        Faust keeps ``None`` for "no commit" and for 0 alike, so ``None`` means 0
+        here. Where the log starts later (retention), the commit waits at 0 until
+        the watchdog has the broker confirm the range below the first record empty.
         """
         committed = self.consumer._committed_offset.get(tp)
         return int(committed) if committed is not None else 0
@@ -235,10 +238,6 @@ async def first_offsets_from(bootstrap: list[str], kafka_options: dict[str, Any]
     record at or after each of ``offsets`` in ``tp``: more than the offset proves
     the range in between empty. Offsets it cannot tell within ``timeout_s`` are
     left out."""
-    import asyncio
-
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     ktp = TopicPartition(tp.topic, tp.partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", **kafka_options)

@@ -26,7 +26,6 @@ class Stats:
     interactions_written: int = 0
     requests_served: int = 0
     requests_failed: int = 0
-    reseeks: int = 0  # stalled partitions re-read by the watchdog
     producer_nudges: int = 0  # stuck Kafka producer senders woken by the watchdog
     dead_lettered: Counter[str] = field(default_factory=Counter)
     last_applied_at: float = 0.0

@@ -115,5 +115,4 @@ def register_watchdog(app: RecsysApp) -> None:
                     committed, highwater - committed, idle)
         log.info("partition %s:%d consumer state before the re-read: %s", tp.topic,
                  tp.partition, state)
-        app.stats.reseeks += 1
         await guard.reseek(tp)

@@ -35,7 +35,11 @@ async def _forced_update_after_topic_change() -> bool:
     client._metadata_update = metadata_update  # type: ignore[method-assign]
     task = asyncio.create_task(client._md_synchronizer())
     try:
-        await asyncio.sleep(0.3)  # timer refresh done, topic list changed, waiting again
+        for _ in range(500):  # the timer refresh runs (polled: the machine may be busy)
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # it ends, sees the topic list changed, waits again
         assert calls == 1
         try:
             await asyncio.wait_for(client.force_metadata_update(), 2.0)
