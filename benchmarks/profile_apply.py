@@ -53,7 +53,7 @@ async def main(args: argparse.Namespace) -> None:
     dt = time.perf_counter() - t0
     print(f"{len(recs)} records ({n} interactions) in {dt:.2f}s: {len(recs)/dt:.0f} records/s")
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
     await ad.aclose()
 
 
@@ -66,4 +66,6 @@ if __name__ == "__main__":
     p.add_argument("--qdrant", type=Path, default=ROOT / ".stack" / "qdrant")
     p.add_argument("--collection", default="content")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--sort", default="tottime")
+    p.add_argument("--top", type=int, default=18)
     asyncio.run(main(p.parse_args()))

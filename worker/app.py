@@ -40,6 +40,8 @@ class RecsysApp(faust.App):
     metrics: Metrics
     ops_state: OpsState
     offset_guard: OffsetGuard
+    #: (fetch_min_bytes, fetch_max_wait_ms) of the worker consumer (kafka_patches)
+    fetch_tuning: tuple[int, int] | None = None
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -161,6 +163,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         reply_to=(f"{settings.app_id}-reply-{settings.worker_instance_id}"
                   if settings.worker_instance_id else None),
         producer_acks=-1,
+        # Record batches of up to 256 KiB (Faust's default is 16 KiB): the apply
+        # agent writes a whole message's signals to the changelog as one batch.
+        producer_max_batch_size=256 * 1024,
+        producer_linger_ms=settings.producer_linger_ms,
         value_serializer="raw",
         key_serializer="raw",
         autodiscover=False,
@@ -168,6 +174,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         logging_config=faust_logging_config(settings),
     )
     app.settings = settings
+    app.fetch_tuning = (settings.fetch_min_bytes, settings.fetch_max_wait_ms)
     app.services = services or build_services(build_adapters(settings))
     app.stats = Stats()
     app.retry_state = RetryState()

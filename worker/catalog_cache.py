@@ -3,7 +3,8 @@
 The ingest path looks up the same items again and again (every event recomputes
 its user's signals from the whole window); the catalogue changes rarely. Entries
 expire after ``ttl_seconds`` so catalogue updates are picked up, and the cache is
-bounded (least recently used entries go first).
+bounded (the oldest entries go first: an entry is refreshed when it expires,
+so the catalogue's items in use stay in).
 """
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ import numpy as np
 from worker.recsys_core.ports import ContentStore
 from worker.recsys_core.types import Candidate, Content, Vector
 
-_MISSING = object()
+#: Tag searches kept by ``CachedContentStore`` (a few hundred candidates each).
+TAG_SEARCHES_KEPT = 2048
 
 
 class _LRU:
+    """Entries with an expiry time, evicted oldest-inserted first when full."""
+
     def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
         self.maxsize, self.ttl, self.clock = maxsize, ttl, clock
         self.data: OrderedDict[str, tuple[float, object]] = OrderedDict()
-
-    def get(self, key: str) -> object:
-        hit = self.data.get(key)
-        if hit is None or hit[0] < self.clock():
-            return _MISSING
-        self.data.move_to_end(key)
-        return hit[1]
 
     def put(self, key: str, value: object) -> None:
         self.data[key] = (self.clock() + self.ttl, value)
@@ -53,6 +50,10 @@ class CachedContentStore:
         self.inner = inner
         self._contents = _LRU(maxsize, ttl_seconds, clock)
         self._vectors = _LRU(maxsize, ttl_seconds, clock)
+        # tag keys -> (expiry, limit asked, answer); bounded, oldest first out
+        self._tag_searches: OrderedDict[tuple[str, ...], tuple[float, int, list[Candidate]]] = (
+            OrderedDict())
+        self._tag_ttl, self._clock = ttl_seconds, clock
         self.hits = 0
         self.misses = 0
 
@@ -69,14 +70,18 @@ class CachedContentStore:
         return {cid: np.asarray(v, dtype=np.float32) for cid, v in found.items()}
 
     async def _cached(self, ids: Iterable[str], lru: _LRU, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        # The hot path of every apply (each window's items): one clock read per
+        # call and one dict lookup per id.
         out: dict[str, object] = {}
         todo: list[str] = []
-        for cid in dict.fromkeys(ids):
-            val = lru.get(cid)
-            if val is _MISSING:
+        now = lru.clock()
+        data = lru.data
+        for cid in ids if isinstance(ids, set | frozenset) else dict.fromkeys(ids):
+            hit = data.get(cid)
+            if hit is None or hit[0] < now:
                 todo.append(cid)
-            elif val is not None:
-                out[cid] = val
+            elif hit[1] is not None:
+                out[cid] = hit[1]
         self.hits += len(out)
         if todo:
             self.misses += len(todo)
@@ -92,4 +97,17 @@ class CachedContentStore:
         return await self.inner.search_vector(vector, limit=limit)
 
     async def search_tags(self, tag_keys: Sequence[str], *, limit: int) -> list[Candidate]:
-        return await self.inner.search_tags(tag_keys, limit=limit)
+        """Cached by the tag keys (users share their top tags). A tag search is a
+        filter scrolled in point id order, so the first ``limit`` items of a
+        longer cached answer are the answer for ``limit``."""
+        key = tuple(tag_keys)
+        now = self._clock()
+        hit = self._tag_searches.get(key)
+        if hit is not None and hit[0] >= now and (limit <= hit[1] or len(hit[2]) < hit[1]):
+            return hit[2][:limit]
+        found = await self.inner.search_tags(tag_keys, limit=limit)
+        self._tag_searches[key] = (now + self._tag_ttl, limit, found)
+        self._tag_searches.move_to_end(key)
+        while len(self._tag_searches) > TAG_SEARCHES_KEPT:
+            self._tag_searches.popitem(last=False)
+        return found[:]

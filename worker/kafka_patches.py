@@ -55,6 +55,34 @@ def patch_track_sent_topics() -> None:
 def apply_all() -> None:
     patch_track_sent_topics()
     patch_metadata_wakeup()
+    patch_consumer_fetch()
+
+
+def patch_consumer_fetch() -> None:
+    """Let an app choose its worker consumer's ``fetch_min_bytes`` and
+    ``fetch_max_wait_ms`` (Faust hard-codes 1 byte and 1,500 ms).
+
+    With one byte, every record that trickles in ends a fetch: under live traffic
+    the consumer thread sent a fetch request per few records, and the fetch path
+    and its socket writes took a third of the worker's CPU (py-spy, 1,000 events/s).
+    An app with ``fetch_tuning = (min_bytes, max_wait_ms)`` gets those instead: the
+    broker answers when that many bytes are ready or that much time has passed.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, _MARK, False):
+        return
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        tuning = getattr(self.app, "fetch_tuning", None)
+        if tuning is not None:
+            consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = tuning
+        return consumer
+
+    setattr(_create_worker_consumer, _MARK, True)
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
 
 
 def patch_metadata_wakeup() -> None:

@@ -47,6 +47,12 @@ class _AppCollector(Collector):
         req.add_metric(["served"], st.requests_served)
         req.add_metric(["failed"], st.requests_failed)
         yield req
+        src = CounterMetricFamily(f"{PREFIX}_signals_lookups", "Where a request's user "
+                                  "signals came from: the table (local), Redis (fallback) or "
+                                  "none (unknown user).", labels=["source"])
+        for source in ("table", "redis", "none"):
+            src.add_metric([source], st.signals_lookups[source])
+        yield src
         rs = self.app.retry_state
         yield _counter("retries", "Retries of transient failures (Redis, Qdrant, Kafka).",
                        rs.retries)

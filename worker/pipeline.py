@@ -11,7 +11,7 @@ gather -> decide (pure) -> apply:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ from worker.adapters.rudderstack import parse_record
 from worker.recsys_core.codec import event_from_dict, event_to_dict, signals_to_dict
 from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.ports import ContentStore, UserModelStore
-from worker.recsys_core.signals import compute_signals
+from worker.recsys_core.signals import WindowRow, signals_from_rows
 from worker.recsys_core.types import AppendStatus, InteractionEvent, UserSignals
 from worker.stats import StageClock, StageObserver
 
@@ -32,11 +32,13 @@ class BatchBuffer(Protocol):
 
     async def append_and_fetch(
         self, events: Sequence[InteractionEvent]
-    ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]: ...
+    ) -> tuple[list[AppendStatus], dict[str, list[WindowRow]]]: ...
 
 
 class SignalsWriter(UserModelStore, Protocol):
     async def save_many(self, many: Sequence[UserSignals]) -> None: ...
+
+    async def save_encoded(self, encoded: Mapping[str, bytes]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,9 @@ class ApplyResult:
     statuses: list[AppendStatus]
     signals: dict[str, UserSignals]
     conflicts: list[InteractionEvent]
+    #: each user's signals as saved (:func:`signals_bytes`), encoded once for the
+    #: store and the table
+    encoded: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def added(self) -> int:
@@ -130,28 +135,31 @@ class IngestPipeline:
                          if s is AppendStatus.CONFLICT]
             users = list(by_user)
             windows = [by_user[u] for u in users]
-            ids = {e.content_id for w in windows for e in w}
+            ids = {row[1] for w in windows for row in w}
             with clock("qdrant"):
                 contents = await self.content.get(ids)
                 vectors = await self.content.get_vectors(ids)
             signals: dict[str, UserSignals] = {}
+            encoded: dict[str, bytes] = {}
             with clock("signals"):
                 for uid, window in zip(users, windows, strict=True):
-                    s = compute_signals(uid, window, contents=contents, vectors=vectors,
-                                        config=self.signal_config)
+                    s = signals_from_rows(uid, window, contents=contents, vectors=vectors,
+                                          config=self.signal_config)
                     if s is not None:
                         signals[uid] = s
-            if signals:
+                        encoded[uid] = signals_bytes(s)
+            if encoded:
                 with clock("redis"):
-                    await self.users.save_many(list(signals.values()))
+                    await self.users.save_encoded(encoded)
         finally:
             clock.report()
-        return ApplyResult(statuses, signals, conflicts)
+        return ApplyResult(statuses, signals, conflicts, encoded)
 
 
 def signals_bytes(s: UserSignals) -> bytes:
-    """Signals as the JSON bytes kept in the Faust table."""
-    return orjson.dumps(signals_to_dict(s))
+    """Signals as the JSON bytes kept in Redis and in the Faust table (sorted keys:
+    the same signals always give the same bytes)."""
+    return orjson.dumps(signals_to_dict(s), option=orjson.OPT_SORT_KEYS)
 
 
 def group_by_partition(

@@ -6,6 +6,7 @@ measure the same code.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.config import RankConfig
 from worker.recsys_core.ports import ContentStore, EmbeddingModel
 from worker.recsys_core.ranking import rank
@@ -33,6 +33,12 @@ class ItemStats(Protocol):
         self, item_ids: Sequence[str], *, per_item: int
     ) -> tuple[dict[str, dict[str, float]], dict[str, float]]: ...
 
+    async def co_candidates(
+        self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
+    ) -> list[Candidate]:
+        """``co_interaction_candidates(dict(weights), *co_interactions(ids))[:limit]``,
+        computed where the counts are (one round trip)."""
+        ...
 
 
 class BadRequest(ValueError):
@@ -100,46 +106,63 @@ class Recommender:
         self.observe = observe
 
     async def recommend(self, req: Request, signals: UserSignals | None) -> Recommendation:
-        """The top ``req.k`` items for the user, each with a reason."""
+        """The top ``req.k`` items for the user, each with a reason.
+
+        The Redis reads (co-interaction, popularity) are sent first and run while
+        the catalogue is searched; the candidates are then put together in one
+        fixed order, so the result does not depend on which answered first.
+        """
+        cfg = self.rank_config
         seen = len(signals.seen_ids) if signals is not None else 0
-        limit = req.k * self.rank_config.candidate_multiplier + seen + len(req.exclude)
-        cands: list[Candidate] = []
+        limit = req.k * cfg.candidate_multiplier + seen + len(req.exclude)
+        liked = [] if signals is None else sorted(
+            ((c, w) for c, w in signals.item_weights.items() if w > 0),
+            key=lambda cw: (-cw[1], cw[0]))[: cfg.co_sources]
         clock = StageClock(self.observe)
+        co_task = asyncio.ensure_future(self.popularity.co_candidates(
+            liked, per_item=cfg.co_per_item, limit=limit)) if liked else None
+        pop_task = asyncio.ensure_future(self.popularity.popular(limit))
+        tasks = [t for t in (co_task, pop_task) if t is not None]
+        vector: list[Candidate] = []
+        tagged: list[Candidate] = []
+        extra: list[Candidate] = []
+        query: list[Candidate] = []
         try:
+            await asyncio.sleep(0)  # the Redis tasks send their commands
             if signals is not None:
                 if signals.preference_vector:
                     with clock("qdrant"):
-                        cands += await self.content.search_vector(signals.preference_vector,
+                        vector = await self.content.search_vector(signals.preference_vector,
                                                                   limit=limit)
-                liked = sorted(((c, w) for c, w in signals.item_weights.items() if w > 0),
-                               key=lambda cw: (-cw[1], cw[0]))[: self.rank_config.co_sources]
-                if liked:
-                    with clock("redis"):
-                        rows, counts = await self.popularity.co_interactions(
-                            [c for c, _ in liked], per_item=self.rank_config.co_per_item)
-                    cands += co_interaction_candidates(dict(liked), rows, counts)[:limit]
+                    await asyncio.sleep(0)  # lets the co-interaction task go on
                 tags = top_tags(signals.tag_affinities, 3)
                 if tags:
                     with clock("qdrant"):
-                        cands += await self.content.search_tags(tags, limit=limit)
+                        tagged = await self.content.search_tags(tags, limit=limit)
                 for recall in self.extra_recall:
                     with clock("extra_recall"):
-                        cands += await recall(signals, limit)
+                        extra += await recall(signals, limit)
             if req.query:
                 with clock("embed"):
                     qv = self.embedder.encode(req.query)
                 with clock("qdrant"):
-                    cands += [Candidate(c.content_id, c.score, "query")
-                              for c in await self.content.search_vector(qv, limit=limit)]
+                    query = [Candidate(c.content_id, c.score, "query")
+                             for c in await self.content.search_vector(qv, limit=limit)]
             with clock("redis"):
-                cands += [Candidate(cid, score, "popular")
-                          for cid, score in await self.popularity.popular(limit)]
+                co = await co_task if co_task is not None else []
+                popular = [Candidate(cid, score, "popular") for cid, score in await pop_task]
+            cands = vector + co + tagged + extra + query + popular
             with clock("qdrant"):
                 contents = await self.content.get({c.content_id for c in cands})
             with clock("ranking"):
                 items = rank(cands, contents=contents, signals=signals, k=req.k,
-                             exclude=req.exclude, config=self.rank_config)
+                             exclude=req.exclude, config=cfg)
         finally:
+            for task in tasks:  # on an error: stop the reads, and leave none unretrieved
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()
             clock.report()
         cold = signals is None or not signals.seen_ids
         return Recommendation(user_id=req.user_id, items=items, cold_start=cold)

@@ -72,7 +72,11 @@ class Settings(BaseSettings):
 
     # --- Behaviour --------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=10_000)
-    batch_within_ms: int = Field(20, ge=1, le=5_000)
+    batch_within_ms: int = Field(5, ge=1, le=5_000)
+    apply_within_ms: int = Field(2, ge=1, le=5_000)
+    fetch_min_bytes: int = Field(32 * 1024, ge=1, le=50 * 1024 * 1024)
+    fetch_max_wait_ms: int = Field(4, ge=0, le=30_000)
+    producer_linger_ms: int = Field(0, ge=0, le=1_000)
     request_timeout_s: float = Field(10.0, gt=0, le=300)
     max_k: int = Field(100, ge=1, le=1000)
     max_request_bytes: int = Field(64 * 1024, ge=256)

@@ -26,6 +26,8 @@ class Stats:
     interactions_written: int = 0
     requests_served: int = 0
     requests_failed: int = 0
+    #: where a request's signals came from: "table", "redis" or "none" (unknown user)
+    signals_lookups: Counter[str] = field(default_factory=Counter)
     producer_nudges: int = 0  # stuck Kafka producer senders woken by the watchdog
     dead_lettered: Counter[str] = field(default_factory=Counter)
     last_applied_at: float = 0.0

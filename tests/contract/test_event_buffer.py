@@ -11,6 +11,7 @@ from tests.conftest import fresh_redis
 from tests.factories import T0, event
 from worker.adapters.memory import InMemoryEventBuffer
 from worker.adapters.redis_store import RedisEventBuffer
+from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.ports import EventBuffer
 from worker.recsys_core.types import AppendStatus
 
@@ -196,6 +197,26 @@ class TestCoInteractionContract:
         want = await single.popular(10)
         assert [c for c, _ in got] == [c for c, _ in want]
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-12)
+
+
+    async def test_co_candidates_equal_the_pure_scores_of_the_rows(
+        self, buffer: EventBuffer
+    ) -> None:
+        """``co_candidates`` is ``co_interaction_candidates`` over ``co_interactions``,
+        cut to ``limit``: same items, order, floats and details."""
+        evs = [event(user=f"u{u}", content=str((u * 7 + i * 3) % 13), days=i)
+               for u in range(12) for i in range(6)]
+        await buffer.append_many(evs)  # type: ignore[attr-defined]
+        weights = [("1", 2.5), ("4", 1.0), ("7", 0.3), ("12", 1.7), ("absent", 1.0)]
+        rows, counts = await buffer.co_interactions(  # type: ignore[attr-defined]
+            [c for c, _ in weights], per_item=4)
+        want = co_interaction_candidates(dict(weights), rows, counts)
+        assert len(want) > 5
+        for limit in (1, 5, 100):
+            got = await buffer.co_candidates(weights, per_item=4, limit=limit)  # type: ignore[attr-defined]
+            assert got == want[:limit]
+        assert await buffer.co_candidates([], per_item=4, limit=5) == []  # type: ignore[attr-defined]
+        assert await buffer.co_candidates([("absent", 1.0)], per_item=4, limit=5) == []  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])

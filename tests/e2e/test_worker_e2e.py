@@ -276,3 +276,53 @@ def _last_assignment(w: WorkerProcess) -> list[str] | None:
 
 def _requests(assigned: list[str] | None, stack: Stack) -> list[str]:
     return [a for a in assigned or [] if a.startswith(stack.requests_topic + ":")]
+
+
+async def test_the_table_serves_and_its_changelog_holds_what_redis_holds(
+    stack: Stack, worker: WorkerProcess
+) -> None:
+    """The apply agent writes signals into the table with batched changelog records:
+    a request is answered from the table (not the Redis fallback), and the
+    changelog's latest record per user is byte for byte the signals Redis holds."""
+    from tests.e2e.test_operations import metrics
+
+    users = [f"tbl-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
+    await produce(stack, [(u.encode(), track(u, str(100 + i % 20))) for i, u in enumerate(users)]
+                  + [(u.encode(), track(u, "121", event="Product Added")) for u in users])
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        async def all_saved() -> dict[str, bytes] | None:
+            raws = await redis.mget([f"{stack.prefix}:{{{u}}}:sig" for u in users])
+            if all(r and orjson.loads(r)["event_count"] == 2 for r in raws):
+                return dict(zip(users, raws, strict=True))
+            return None
+
+        saved = await eventually(all_saved, what="signals of every user with both events")
+    finally:
+        await redis.aclose()
+
+    before = (await metrics(worker)).get('recsys_signals_lookups_total{source=table}', 0.0)
+    async with client(stack) as c:
+        reply = await c.recommend(users[0], k=3)
+    assert reply["items"] and not reply["cold_start"]
+    after = await metrics(worker)
+    assert after['recsys_signals_lookups_total{source=table}'] == before + 1
+
+    changelog = f"{stack.env['APP_ID']}-user-signals-changelog"
+    consumer = AIOKafkaConsumer(changelog, bootstrap_servers=stack.broker,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[str, bytes] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    if r.key and r.key.decode() in saved:
+                        latest[r.key.decode()] = r.value
+            if set(saved) <= latest.keys() and all(
+                    orjson.loads(latest[u])["event_count"] == 2 for u in saved):
+                break
+    finally:
+        await consumer.stop()
+    assert latest == saved

@@ -1,5 +1,7 @@
 """Pure parts of the real-time item statistics."""
 
+import random
+
 import pytest
 
 from tests.factories import event
@@ -7,6 +9,7 @@ from worker.recsys_core.cointeraction import (
     co_interaction_candidates,
     is_engaging,
     popularity_increment,
+    top_co_interaction_candidates,
 )
 
 
@@ -40,3 +43,35 @@ def test_co_candidates_ignore_disliked_and_unknown_items() -> None:
     rows = {"a": {"x": 1.0}, "b": {"z": 5.0}}
     out = co_interaction_candidates({"a": -1.0, "b": 1.0}, rows, {"a": 1, "b": 1, "x": 1})
     assert out == []  # a is disliked, z has no count
+
+
+def _as_pairs(rows: dict[str, dict[str, float]]) -> dict[str, tuple[list[str], list[float]]]:
+    return {src: (list(row), list(row.values())) for src, row in rows.items()}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_co_candidates_equal_the_reference_exactly(seed: int) -> None:
+    """Same candidates, same order, same floats (bit for bit), same details."""
+    rng = random.Random(seed)
+    items = [f"i{n}" for n in range(rng.randint(1, 60))]
+    srcs = rng.sample(items, rng.randint(1, min(len(items), 12)))
+    weights = {s: rng.choice([rng.random() * 3, 1.0, 0.5, -1.0, 0.0]) for s in srcs}
+    rows = {}
+    for s in srcs:
+        partners = rng.sample(items, rng.randint(0, len(items)))
+        # small integer counts make many exact ties (of parts and of sums)
+        scores = sorted((float(rng.randint(1, 4)) for _ in partners), reverse=True)
+        rows[s] = dict(zip(partners, scores, strict=True))
+    counts = {i: float(rng.choice([0, 1, 2, 3, 4, 9])) for i in items if rng.random() < 0.9}
+    ref = co_interaction_candidates(weights, rows, counts)
+    for limit in (0, 1, 3, 10, 1000):
+        assert top_co_interaction_candidates(weights, _as_pairs(rows), counts, limit) == \
+            ref[:limit]
+
+
+def test_top_co_candidates_without_usable_sources() -> None:
+    assert top_co_interaction_candidates({"a": -1.0}, {"a": (["x"], [1.0])}, {"a": 1.0}, 5) == []
+    assert top_co_interaction_candidates({"a": 1.0}, {"a": ([], [])}, {"a": 1.0}, 5) == []
+    assert top_co_interaction_candidates({}, {}, {}, 5) == []
+    # partners without an interaction count
+    assert top_co_interaction_candidates({"a": 1.0}, {"a": (["x"], [1.0])}, {"a": 1.0}, 5) == []

@@ -10,11 +10,19 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from worker.recsys_core.codec import datetime_to_ms
-from worker.recsys_core.cointeraction import is_engaging, popularity_increment, stable_top
+import orjson
+
+from worker.recsys_core.codec import datetime_to_ms, signals_from_dict
+from worker.recsys_core.cointeraction import (
+    co_interaction_candidates,
+    is_engaging,
+    popularity_increment,
+    stable_top,
+)
 from worker.recsys_core.errors import StoreError
+from worker.recsys_core.signals import WindowRow
 from worker.recsys_core.types import (
     AppendStatus,
     Candidate,
@@ -270,11 +278,13 @@ class InMemoryEventBuffer:
 
     async def append_and_fetch(
         self, events: Sequence[InteractionEvent], *, fetch: bool = True
-    ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]:
-        """Append a batch and return every touched user's window."""
+    ) -> tuple[list[AppendStatus], dict[str, list[WindowRow]]]:
+        """Append a batch and return every touched user's window (as rows)."""
         statuses = await self.append_many(events)
         users = list(dict.fromkeys(e.user_id for e in events)) if fetch else []
-        return statuses, {u: await self.fetch_events(u) for u in users}
+        return statuses, {u: [(datetime_to_ms(e.timestamp), e.content_id, e.event_type,
+                               e.weight) for e in await self.fetch_events(u)]
+                          for u in users}
 
     async def fetch_events(self, user_id: str) -> list[InteractionEvent]:
         """The user's buffered events, oldest first (ties by message id, like Redis)."""
@@ -301,6 +311,16 @@ class InMemoryEventBuffer:
         ids = {*item_ids, *(m for r in rows.values() for m in r)}
         return rows, {i: self.counts[i] for i in ids if i in self.counts}
 
+    async def co_candidates(
+        self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
+    ) -> list[Candidate]:
+        """The top ``limit`` co-interaction candidates for these item weights (like Redis)."""
+        w = dict(weights)
+        if not w or limit <= 0:
+            return []
+        rows, counts = await self.co_interactions(list(w), per_item=per_item)
+        return co_interaction_candidates(w, rows, counts)[:limit]
+
     async def ping(self) -> None:
         """Always healthy."""
 
@@ -325,3 +345,7 @@ class InMemoryUserModelStore:
         for s in many:
             self.signals[s.user_id] = s
             self.saves += 1
+
+    async def save_encoded(self, encoded: Mapping[str, bytes]) -> None:
+        """Save signals encoded as JSON (``signals_to_dict``), keyed by user id."""
+        await self.save_many([signals_from_dict(orjson.loads(v)) for v in encoded.values()])

@@ -20,9 +20,12 @@ prune by event time, refresh TTLs), and a batch of users is one pipeline.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+import hiredis
+import numpy as np
 import orjson
 import redis.exceptions as rexc
 
@@ -33,14 +36,22 @@ from worker.recsys_core.codec import (
     signals_from_dict,
     signals_to_dict,
 )
-from worker.recsys_core.cointeraction import is_engaging, popularity_increment, stable_top
+from worker.recsys_core.cointeraction import (
+    is_engaging,
+    popularity_increment,
+    stable_top,
+    top_co_interaction_candidates,
+)
 from worker.recsys_core.errors import StoreError, TransientStoreError
-from worker.recsys_core.types import AppendStatus, InteractionEvent, UserSignals
+from worker.recsys_core.signals import WindowRow
+from worker.recsys_core.types import AppendStatus, Candidate, InteractionEvent, UserSignals
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 _DAY_MS = 86_400_000
+#: Lua's status numbers (the AppendStatus values) -> the enum, without a call each
+_STATUSES: dict[int, AppendStatus] = {int(st): st for st in AppendStatus}
 
 # One call per batch. Each user's events are applied one after another, each
 # fully (dedupe, prune, counts), so a batch gives exactly the state of one-by-one
@@ -70,9 +81,11 @@ local keep = tonumber(ARGV[5])
 local fetch = ARGV[6] == '1'
 local batch = cjson.decode(ARGV[7])
 
+-- Counts start at 1 and only grow, so only a new member (score 1) can take
+-- the item over its bound: ZCARD is asked then, not on every increment.
 local function bump(key, member)
-  redis.call('ZINCRBY', key, 1, member)
-  if redis.call('ZCARD', key) > 2 * keep then
+  if tonumber(redis.call('ZINCRBY', key, 1, member)) == 1
+      and redis.call('ZCARD', key) > 2 * keep then
     redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
   end
 end
@@ -81,16 +94,26 @@ local result = {}
 for _, entry in ipairs(batch) do
   local base = prefix .. ':{' .. entry[1] .. '}:'
   local z, h, it = base .. 'z', base .. 'h', base .. 'i'
-  local function prune()
-    local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-    if not newest[2] then return end
-    local cutoff = '(' .. string.format('%d', tonumber(newest[2]) - window)
-    local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
+  -- The window's newest and oldest event times, read once per user and kept
+  -- up to date: a prune runs only when something has fallen out of the window
+  -- (the items set never holds an older time than the events set), which gives
+  -- the same state as pruning after every event.
+  local newest, oldest
+  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  if last[2] then
+    newest = tonumber(last[2])
+    oldest = tonumber(redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2])
+  end
+  local function prune(cutoff)
+    local bound = '(' .. string.format('%d', cutoff)
+    local old = redis.call('ZRANGEBYSCORE', z, '-inf', bound)
     for j = 1, #old, 500 do
       redis.call('HDEL', h, unpack(old, j, math.min(j + 499, #old)))
     end
-    if #old > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff) end
-    redis.call('ZREMRANGEBYSCORE', it, '-inf', cutoff)
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', bound) end
+    redis.call('ZREMRANGEBYSCORE', it, '-inf', bound)
+    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    oldest = first[2] and tonumber(first[2]) or nil
   end
   local out = {}
   for _, ev in ipairs(entry[2]) do
@@ -98,8 +121,12 @@ for _, entry in ipairs(batch) do
     local status
     if redis.call('HSETNX', h, id, body) == 1 then
       redis.call('ZADD', z, ts, id)
-      prune()
-      if redis.call('ZSCORE', z, id) then
+      local t = tonumber(ts)
+      if not newest or t > newest then newest = t end
+      if not oldest or t < oldest then oldest = t end
+      local cutoff = newest - window
+      if oldest < cutoff then prune(cutoff) end
+      if t >= cutoff then
         status = 1
         local inc = tonumber(ev[5])
         if inc > 0 then redis.call('ZINCRBY', pop, ev[5], cid) end
@@ -177,6 +204,19 @@ def _s(member: bytes | str) -> str:
     return member.decode() if isinstance(member, bytes) else member
 
 
+def _zset_row(reply: list[Any]) -> tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]:
+    """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
+    ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``."""
+    if not reply:
+        return [], np.empty(0)
+    if isinstance(reply[0], list | tuple):
+        members, scores = zip(*reply, strict=True)
+    else:
+        members, scores = reply[0::2], reply[1::2]
+    ids = list(map(bytes.decode, members)) if isinstance(members[0], bytes) else list(members)
+    return ids, np.array(scores, dtype=np.float64)
+
+
 def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
@@ -233,15 +273,19 @@ class RedisEventBuffer:
 
     async def append_and_fetch(
         self, events: Sequence[InteractionEvent], *, fetch: bool = True
-    ) -> tuple[list[AppendStatus], dict[str, list[InteractionEvent]]]:
+    ) -> tuple[list[AppendStatus], dict[str, list[WindowRow]]]:
         """Append a batch and read back every touched user's window: one Lua call
         for the whole batch, its events packed in a single JSON argument (the
-        ingest path's cost is then per batch, not per event or per user)."""
+        ingest path's cost is then per batch, not per event or per user).
+
+        Windows come back as ``WindowRow`` tuples, oldest first: what the
+        signals need, decoded with one JSON parse per user."""
         if not events:
             return [], {}
         per_user: dict[str, list[int]] = defaultdict(list)
         for i, ev in enumerate(events):
             per_user[ev.user_id].append(i)
+        half_life = self.popularity_half_life_days
         payload = []
         for uid, idxs in per_user.items():
             rows = []
@@ -249,8 +293,7 @@ class RedisEventBuffer:
                 ev = events[i]
                 ts = datetime_to_ms(ev.timestamp)
                 engaging = is_engaging(ev)
-                inc = popularity_increment(1.0 if engaging else 0.0, ts,
-                                           self.popularity_half_life_days)
+                inc = popularity_increment(1.0 if engaging else 0.0, ts, half_life)
                 rows.append((str(ts), ev.message_id, _dumps(event_to_dict(ev)).decode(),
                              ev.content_id, repr(inc), 1 if engaging else 0))
             payload.append((uid, rows))
@@ -262,12 +305,13 @@ class RedisEventBuffer:
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         out: list[AppendStatus] = [AppendStatus.DUPLICATE] * len(events)
-        windows: dict[str, list[InteractionEvent]] = {}
+        windows: dict[str, list[WindowRow]] = {}
         for (uid, idxs), (statuses, bodies) in zip(per_user.items(), results, strict=True):
             for i, st in zip(idxs, statuses, strict=True):
-                out[i] = AppendStatus(int(st))
+                out[i] = _STATUSES[st]
             if fetch:
-                windows[uid] = [event_from_dict(orjson.loads(b)) for b in bodies if b]
+                listed = b"[" + b",".join(b for b in bodies if b) + b"]"
+                windows[uid] = [(d["ts"], d["c"], d["t"], d["w"]) for d in orjson.loads(listed)]
         return out, windows
 
     async def fetch_events(self, user_id: str) -> list[InteractionEvent]:
@@ -296,11 +340,12 @@ class RedisEventBuffer:
         taken on scores rounded to 12 significant digits, ties broken by id.
         """
         try:
-            rows = await self._client.zrevrange(f"{self._prefix}:pop", 0, limit + 19,
-                                                withscores=True)
+            (reply,) = await self._packed_calls([hiredis.pack_command(
+                ("ZREVRANGE", f"{self._prefix}:pop", 0, limit + 19, "WITHSCORES"))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        return stable_top([(_s(m), float(sc)) for m, sc in rows], limit)
+        ids, scores = _zset_row(reply)
+        return stable_top(list(zip(ids, scores.tolist(), strict=True)), limit)
 
     async def co_interactions(
         self, item_ids: Sequence[str], *, per_item: int
@@ -324,6 +369,74 @@ class RedisEventBuffer:
             raise _translate(exc) from exc
         counts = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
         return rows, counts
+
+    async def co_candidates(
+        self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
+    ) -> list[Candidate]:
+        """``co_interaction_candidates(dict(weights), *co_interactions(...))[:limit]``
+        (same candidates, floats and order), without a Python object per partner.
+
+        The same two round trips, on one connection and packed by hiredis: the
+        items' strongest partners with their counts, then the interaction count
+        of every item involved. Each row is flattened into a list of ids and an
+        array of counts as soon as it is read (RESP3 gives a list per pair: kept
+        all at once, thousands of them would wake the garbage collector on every
+        request), and the sums are taken with numpy
+        (``top_co_interaction_candidates``).
+        """
+        w = dict(weights)
+        if not w or limit <= 0:
+            return []
+        rows: dict[str, tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]] = {}
+
+        def row(i: int, reply: Any) -> None:
+            rows[srcs[i]] = _zset_row(reply)
+
+        srcs = list(w)
+        try:
+            await self._packed_calls(
+                [hiredis.pack_command(("ZREVRANGE", f"{self._prefix}:co:{cid}", 0, per_item - 1,
+                                       "WITHSCORES")) for cid in srcs], row)
+            ids = list(dict.fromkeys(chain(srcs, *(r[0] for r in rows.values()))))
+            (scores,) = await self._packed_calls(
+                [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *ids))])
+        except (rexc.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+        counts = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
+        return top_co_interaction_candidates(w, rows, counts, limit)
+
+    async def _packed_calls(
+        self, packed: list[bytes], each: Callable[[int, Any], None] | None = None
+    ) -> list[Any]:
+        """Commands packed by hiredis, sent in one write on one connection, and
+        their replies as hiredis parses them (RESP3 doubles come as floats, RESP2
+        ones as bytes): handed to ``each(i, reply)`` one by one as they are
+        read, or else returned. redis-py's asyncio packer is pure Python: for a
+        thousand arguments it costs more than the command."""
+        pool = self._client.connection_pool
+        try:
+            conn = await pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            conn = await pool.get_connection("_")  # type: ignore[call-arg,unused-ignore]
+
+        async def call() -> list[Any]:
+            await conn.send_packed_command(packed)
+            if each is None:
+                return [await conn.read_response() for _ in packed]
+            for i in range(len(packed)):
+                each(i, await conn.read_response())
+            return []
+
+        async def failed(_: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            return await conn.retry.call_with_retry(call, failed)
+        except BaseException:
+            await conn.disconnect()  # never reuse a connection with replies pending
+            raise
+        finally:
+            await pool.release(conn)
 
     async def ping(self) -> None:
         """Raise ``TransientStoreError`` unless Redis answers."""
@@ -361,12 +474,15 @@ class RedisUserModelStore:
 
     async def save_many(self, many: Iterable[UserSignals]) -> None:
         """Save several users' signals with the TTL: one script call per batch."""
-        items = list(many)
-        if not items:
+        await self.save_encoded({s.user_id: _dumps(signals_to_dict(s)) for s in many})
+
+    async def save_encoded(self, encoded: Mapping[str, bytes]) -> None:
+        """Save signals already encoded as JSON (``signals_to_dict`` with sorted
+        keys), keyed by user id: one script call per batch."""
+        if not encoded:
             return
         try:
-            await self._save(keys=[self._key(s.user_id) for s in items],
-                             args=[self.ttl_seconds,
-                                   *(_dumps(signals_to_dict(s)) for s in items)])
+            await self._save(keys=[self._key(uid) for uid in encoded],
+                             args=[self.ttl_seconds, *encoded.values()])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc

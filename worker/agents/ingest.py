@@ -31,11 +31,11 @@ from worker.pipeline import (
     encode_interactions,
     group_by_partition,
     parse_batch,
-    signals_bytes,
 )
 from worker.recsys_core.errors import StoreError, TransientStoreError
 from worker.retry import RetryState, retry_forever
 from worker.stats import Stats
+from worker.table_writes import write_table_batch
 from worker.topics import is_sentinel
 
 if TYPE_CHECKING:
@@ -144,23 +144,37 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
 
     @app.agent(interactions_topic, name="apply")
     async def apply(stream: Any) -> None:
-        manual = stream.noack()
-        async for event in manual.events():
-            if is_sentinel(event.headers):
-                await manual.ack(event)
-                continue
+        # Messages are taken in batches (one ingest batch sends one message per
+        # partition): one pipeline run, two Redis calls and one changelog batch per
+        # partition for all of them. Order within a partition, hence per user, is
+        # kept; every message is acked after its effects are durable.
+        async for batch in stream.noack_take(s.batch_size, within=s.apply_within_ms / 1000):
             with stats.timed("apply"):
-                evs = decode_interactions(event.value)
+                evs: list[Any] = []
+                owner: dict[str, Any] = {}  # user id -> the message (partition) it came in
+                for event in batch:
+                    if is_sentinel(event.headers):
+                        continue
+                    decoded = decode_interactions(event.value)
+                    evs.extend(decoded)
+                    for ie in decoded:
+                        owner[ie.user_id] = event
                 result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
                                              max_backoff=s.retry_max_backoff_s)
-                for uid, sig in result.signals.items():
-                    table[uid.encode()] = signals_bytes(sig)
+                by_partition: dict[int, tuple[Any, dict[bytes, bytes]]] = {}
+                for uid, raw in result.encoded.items():
+                    event = owner[uid]
+                    by_partition.setdefault(event.message.partition, (event, {}))[1][
+                        uid.encode()] = raw
+                for partition, (event, values) in by_partition.items():
+                    await write_table_batch(app, table, partition, values, event=event)
                 stats.interactions_written += result.added
                 stats.last_applied_at = stats.clock()
                 if result.conflicts:
                     await send_all([dead_letter_send(conflict_dead_letter(c))
                                     for c in result.conflicts])
-                await manual.ack(event)
+                for event in batch:
+                    await stream.ack(event)
             stats.progress()
             if result.conflicts:
                 log.info("dead-lettered %d message id conflicts (users %s)",

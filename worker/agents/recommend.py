@@ -63,8 +63,11 @@ def register_recommend(app: RecsysApp, table: Any) -> None:
         try:
             raw = table.get(req.user_id.encode())
             signals = signals_from_dict(orjson.loads(raw)) if raw else None
+            source = "table"
             if signals is None:
                 signals = await svc.adapters.users.get_signals(req.user_id)
+                source = "redis" if signals is not None else "none"
+            stats.signals_lookups[source] += 1
             rec = await svc.recommender.recommend(req, signals)
         except TransientStoreError as exc:
             stats.requests_failed += 1

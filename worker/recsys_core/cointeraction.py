@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import chain, repeat
+
+import numpy as np
+import numpy.typing as npt
 
 from worker.recsys_core.types import Candidate, InteractionEvent
 
@@ -76,3 +80,57 @@ def co_interaction_candidates(
                 best[cid] = (part, src)
     ranked = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))
     return [Candidate(cid, s, "co", best[cid][1]) for cid, s in ranked]
+
+
+def top_co_interaction_candidates(
+    weights: Mapping[str, float],
+    rows: Mapping[str, tuple[Sequence[str], Sequence[float] | npt.NDArray[np.float64]]],
+    counts: Mapping[str, float],
+    limit: int,
+) -> list[Candidate]:
+    """``co_interaction_candidates(weights, rows, counts)[:limit]``, vectorised.
+
+    ``rows[i]`` holds item ``i``'s partners and their co-interaction counts as
+    two parallel sequences, in row order. The result is identical, floats
+    included: every part is the same IEEE expression, and each item's parts
+    are summed in the same order (items sorted by id, then row order;
+    ``np.bincount`` adds its weights one after another). Only the top ``limit``
+    items are sorted and built.
+    """
+    if limit <= 0:
+        return []
+    srcs = [s for s in sorted(rows)
+            if weights.get(s, 0.0) > 0 and counts.get(s, 0.0) > 0 and len(rows[s][0])]
+    if not srcs:
+        return []
+    ids = list(chain.from_iterable(rows[s][0] for s in srcs))
+    # An item's group is the position of its first occurrence in ``ids``.
+    first_at = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
+    group = np.fromiter(map(first_at.__getitem__, ids), dtype=np.intp, count=len(ids))
+    n = np.fromiter(map(counts.get, ids, repeat(0.0)), dtype=np.float64, count=len(ids))
+    co = np.concatenate([np.asarray(rows[s][1], dtype=np.float64) for s in srcs])
+    src = np.repeat(np.arange(len(srcs)), [len(rows[s][0]) for s in srcs])
+    ok = n > 0
+    src, item = src[ok], group[ok]
+    w = np.array([weights[s] for s in srcs], dtype=np.float64)[src]
+    n_src = np.array([counts[s] for s in srcs], dtype=np.float64)[src]
+    part = w * co[ok] / np.sqrt(n_src * n[ok])
+    score = np.bincount(item, weights=part, minlength=len(ids))
+    found = np.flatnonzero(np.bincount(item, minlength=len(ids)))
+    if not len(found):
+        return []
+    if len(found) > limit:  # keep the top ``limit`` scores, ties at the cut included
+        top_scores = score[found]
+        cut = np.partition(top_scores, len(found) - limit)[len(found) - limit]
+        found = found[top_scores >= cut]
+    # The detail, for the items kept: the first source with the item's largest
+    # part (a stable sort by item, then part descending, puts it first).
+    kept = np.zeros(len(ids), dtype=bool)
+    kept[found] = True
+    sel = np.flatnonzero(kept[item])
+    order = sel[np.lexsort((-part[sel], item[sel]))]
+    first = order[np.r_[True, item[order][1:] != item[order][:-1]]]
+    best_src = np.full(len(ids), -1, dtype=np.intp)
+    best_src[item[first]] = np.where(part[first] > 0, src[first], -1)
+    ranked = sorted((-float(score[i]), ids[i], int(best_src[i])) for i in found)[:limit]
+    return [Candidate(cid, -neg, "co", srcs[b] if b >= 0 else "") for neg, cid, b in ranked]

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 
 from worker.recsys_core.config import RankConfig
-from worker.recsys_core.scoring import score_tag
+from worker.recsys_core.scoring import tag_scorer
 from worker.recsys_core.types import Candidate, Content, RecommendedItem, UserSignals
 
 
@@ -86,6 +86,7 @@ def rank(
                 best_part[cand.content_id] = (part, source, cand.detail)
 
     affinities = signals.tag_affinities if signals is not None else {}
+    score_tag = tag_scorer(affinities)
     scored: list[tuple[float, str]] = []
     for cid in combined.keys() | prior.keys():
         base, q = combined.get(cid, 0.0), prior.get(cid, 0.0)
@@ -98,21 +99,22 @@ def rank(
         tags = content.tags if content is not None else ()
         # Rounded so that float noise (sums taken in another order by another
         # replica or a replay) can never reorder items: ties break by id.
-        scored.append((round(base + config.tag_weight * score_tag(affinities, tags), 9), cid))
+        scored.append((round(base + config.tag_weight * score_tag(tags), 9), cid))
     scored.sort(key=lambda sc: (-sc[0], sc[1]))
     pool = scored[: max(k * config.candidate_multiplier, k)]
 
     chosen: list[RecommendedItem] = []
     tag_uses: dict[str, int] = defaultdict(int)
+    leads = {cid: _lead_tag(contents.get(cid), affinities) for _, cid in pool}
     while pool and len(chosen) < k:
         best_i, best_val = 0, float("-inf")
         for i, (score, cid) in enumerate(pool):
-            lead = _lead_tag(contents.get(cid), affinities)
+            lead = leads[cid]
             val = score - config.diversity_penalty * tag_uses[lead] if lead else score
             if val > best_val:
                 best_i, best_val = i, val
         score, cid = pool.pop(best_i)
-        lead = _lead_tag(contents.get(cid), affinities)
+        lead = leads[cid]
         if lead:
             tag_uses[lead] += 1
         _, source, detail = best_part[cid]

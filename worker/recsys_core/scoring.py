@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from worker.recsys_core.types import Vector
 
@@ -16,17 +16,36 @@ def score_tag(affinities: Mapping[str, float], tags: Iterable[str]) -> float:
     at each step, so one strong match counts most and many weak ones cannot
     outweigh it. Disliked tags (negative affinity) pull the score down.
     """
+    return tag_scorer(affinities)(tags)
+
+
+def tag_scorer(affinities: Mapping[str, float]) -> Callable[[Iterable[str]], float]:
+    """``score_tag`` with the user's affinities bound: the scale is computed once,
+    for scoring many items (each score is the same float ``score_tag`` gives)."""
     if not affinities:
-        return 0.0
+        return _zero
     top = max(affinities.values())
     scale = top if top > 0 else max(abs(v) for v in affinities.values())
     if scale == 0:
-        return 0.0
-    matched = sorted(
-        (affinities[t] / scale for t in set(tags) if t in affinities),
-        key=lambda v: -abs(v),
-    )
-    return sum(v * (0.5**i) for i, v in enumerate(matched))
+        return _zero
+
+    memo: dict[tuple[str, ...], float] = {}  # items often share their tags
+
+    def score(tags: Iterable[str]) -> float:
+        key = tags if isinstance(tags, tuple) else tuple(tags)
+        hit = memo.get(key)
+        if hit is None:
+            # by |v| descending, ties in set order (a stable sort, as with -|v|)
+            matched = sorted((affinities[t] / scale for t in set(key) if t in affinities),
+                             key=abs, reverse=True)
+            hit = memo[key] = sum(v * (0.5**i) for i, v in enumerate(matched))
+        return hit
+
+    return score
+
+
+def _zero(tags: Iterable[str]) -> float:
+    return 0.0
 
 
 def top_tags(affinities: Mapping[str, float], n: int) -> list[str]:

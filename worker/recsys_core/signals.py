@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from worker.recsys_core.codec import datetime_to_ms, ms_to_datetime
 from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.types import Content, InteractionEvent, UserSignals, Vector
 
@@ -33,6 +33,12 @@ def decay(age_ms: float, half_life_days: float) -> float:
     return math.pow(0.5, age_ms / (half_life_days * _MS_PER_DAY))
 
 
+#: One buffered event as the signals need it: ``(event time in epoch ms,
+#: content id, event type, weight)``. The ingest path builds these straight from
+#: the stored JSON, without an ``InteractionEvent`` per window event.
+WindowRow = tuple[int, str, str, float | None]
+
+
 def compute_signals(
     user_id: str,
     events: Sequence[InteractionEvent],
@@ -47,35 +53,58 @@ def compute_signals(
     result a function of the window alone: a replay rebuilds exactly the same
     signals. Returns None for an empty window.
     """
-    if not events:
-        return None
-    newest = max(e.timestamp for e in events)
-    newest_ms = newest.timestamp() * 1000.0
-    item_weights: dict[str, float] = defaultdict(float)
-    last_seen: dict[str, float] = {}
-    counts: Counter[str] = Counter()
-    for ev in events:
-        ts_ms = ev.timestamp.timestamp() * 1000.0
-        counts[ev.event_type] += 1
-        w = event_weight(ev, config) * decay(newest_ms - ts_ms, config.half_life_days)
-        item_weights[ev.content_id] += w
-        if ts_ms >= last_seen.get(ev.content_id, -math.inf):
-            last_seen[ev.content_id] = ts_ms
+    rows = [(datetime_to_ms(e.timestamp), e.content_id, e.event_type, e.weight) for e in events]
+    return signals_from_rows(user_id, rows, contents=contents, vectors=vectors, config=config)
 
-    tags: dict[str, float] = defaultdict(float)
+
+def signals_from_rows(
+    user_id: str,
+    rows: Sequence[WindowRow],
+    *,
+    contents: Mapping[str, Content],
+    vectors: Mapping[str, Vector],
+    config: SignalConfig,
+) -> UserSignals | None:
+    """:func:`compute_signals` over :data:`WindowRow` tuples (the same result)."""
+    if not rows:
+        return None
+    newest_ms = max(r[0] for r in rows)
+    half_life_ms = config.half_life_days * _MS_PER_DAY
+    overrides = config.type_weights
+    neutral = config.rating_neutral
+    pow_ = math.pow
+    item_weights: dict[str, float] = {}
+    last_seen: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for ts_ms, cid, etype, weight in rows:
+        counts[etype] = counts.get(etype, 0) + 1
+        w = overrides.get(etype)
+        if w is None:
+            if etype == "rate":
+                w = 0.0 if weight is None else weight - neutral
+            else:
+                w = weight if weight is not None else 0.0
+        age = newest_ms - ts_ms
+        if half_life_ms > 0 and age > 0:
+            w = w * pow_(0.5, age / half_life_ms)
+        item_weights[cid] = item_weights.get(cid, 0.0) + w
+        if ts_ms >= last_seen.get(cid, ts_ms):
+            last_seen[cid] = ts_ms
+
+    tags: dict[str, float] = {}
     for cid, w in item_weights.items():
         content = contents.get(cid)
         if content is None:
             continue
         for tag in content.tags:
-            tags[tag] += w
+            tags[tag] = tags.get(tag, 0.0) + w
     top_tags = sorted(tags.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[: config.max_tags]
 
     recent = sorted(last_seen, key=lambda c: (-last_seen[c], c))[: config.max_recent]
     return UserSignals(
         user_id=user_id,
-        as_of=newest,
-        event_count=len(events),
+        as_of=ms_to_datetime(newest_ms),
+        event_count=len(rows),
         counts_by_type=dict(sorted(counts.items())),
         item_weights={c: round(w, 6) for c, w in sorted(item_weights.items())},
         tag_affinities={t: round(w, 6) for t, w in top_tags},
