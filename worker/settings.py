@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(0, ge=0, le=1_000)
     request_timeout_s: float = Field(10.0, gt=0, le=300)
     max_k: int = Field(100, ge=1, le=1000)
+    request_concurrency: int = Field(4, ge=1, le=64)
     max_request_bytes: int = Field(64 * 1024, ge=256)
     request_deadline_ms: int = Field(
         10_000, ge=0, le=3_600_000,

@@ -119,7 +119,10 @@ def register_recommend(app: RecsysApp, table: Any) -> None:
         log.warning("request not answered: reply topic %r: %s", name[:120], reason)
         return False
 
-    @app.agent(requests_topic, name="recommend")
+    # Several actors share the requests stream: while one waits on Redis or Qdrant
+    # the others rank (answers carry their correlation id, so order is free; the
+    # table is only read here).
+    @app.agent(requests_topic, name="recommend", concurrency=s.request_concurrency)
     async def recommend(stream: Any) -> Any:
         async for event in stream.events():
             if is_sentinel(event.headers):
