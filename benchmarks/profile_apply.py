@@ -1,7 +1,8 @@
 """Profile the ingest hot path in-process (no Kafka): parse_batch + IngestPipeline.apply
 on real Redis, with the demo catalogue in an embedded Qdrant copy.
 
-  python benchmarks/profile_apply.py [--events 50000] [--users 20000] [--profile [--sort cumulative] [--top 40]]
+  python benchmarks/profile_apply.py [--events 50000] [--users 20000]
+      [--profile [--sort cumulative] [--top 40]]
 """
 
 from __future__ import annotations
