@@ -11,25 +11,32 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import cast
 
 import numpy as np
 
 from worker.recsys_core.ports import ContentStore
 from worker.recsys_core.types import Candidate, Content, Vector
 
+_MISSING = object()
 #: Tag searches kept by ``CachedContentStore`` (a few hundred candidates each).
 TAG_SEARCHES_KEPT = 2048
 
 
-class _LRU:
+class _Expiring:
     """Entries with an expiry time, evicted oldest-inserted first when full."""
 
     def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
         self.maxsize, self.ttl, self.clock = maxsize, ttl, clock
-        self.data: OrderedDict[str, tuple[float, object]] = OrderedDict()
+        self.data: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
 
-    def put(self, key: str, value: object) -> None:
+    def get(self, key: Hashable, now: float) -> object:
+        """The live value, or ``_MISSING`` when absent or expired."""
+        hit = self.data.get(key)
+        return _MISSING if hit is None or hit[0] < now else hit[1]
+
+    def put(self, key: Hashable, value: object) -> None:
         self.data[key] = (self.clock() + self.ttl, value)
         self.data.move_to_end(key)
         while len(self.data) > self.maxsize:
@@ -48,12 +55,10 @@ class CachedContentStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
-        self._contents = _LRU(maxsize, ttl_seconds, clock)
-        self._vectors = _LRU(maxsize, ttl_seconds, clock)
-        # tag keys -> (expiry, limit asked, answer); bounded, oldest first out
-        self._tag_searches: OrderedDict[tuple[str, ...], tuple[float, int, list[Candidate]]] = (
-            OrderedDict())
-        self._tag_ttl, self._clock = ttl_seconds, clock
+        self._contents = _Expiring(maxsize, ttl_seconds, clock)
+        self._vectors = _Expiring(maxsize, ttl_seconds, clock)
+        # tag keys -> (limit asked, answer)
+        self._tag_searches = _Expiring(TAG_SEARCHES_KEPT, ttl_seconds, clock)
         self.hits = 0
         self.misses = 0
 
@@ -69,19 +74,18 @@ class CachedContentStore:
         found = await self.inner.get_vectors(ids)
         return {cid: np.asarray(v, dtype=np.float32) for cid, v in found.items()}
 
-    async def _cached(self, ids: Iterable[str], lru: _LRU, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    async def _cached(self, ids: Iterable[str], lru: _Expiring, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
         # The hot path of every apply (each window's items): one clock read per
         # call and one dict lookup per id.
         out: dict[str, object] = {}
         todo: list[str] = []
         now = lru.clock()
-        data = lru.data
         for cid in ids if isinstance(ids, set | frozenset) else dict.fromkeys(ids):
-            hit = data.get(cid)
-            if hit is None or hit[0] < now:
+            val = lru.get(cid, now)
+            if val is _MISSING:
                 todo.append(cid)
-            elif hit[1] is not None:
-                out[cid] = hit[1]
+            elif val is not None:
+                out[cid] = val
         self.hits += len(out)
         if todo:
             self.misses += len(todo)
@@ -101,13 +105,11 @@ class CachedContentStore:
         filter scrolled in point id order, so the first ``limit`` items of a
         longer cached answer are the answer for ``limit``."""
         key = tuple(tag_keys)
-        now = self._clock()
-        hit = self._tag_searches.get(key)
-        if hit is not None and hit[0] >= now and (limit <= hit[1] or len(hit[2]) < hit[1]):
-            return hit[2][:limit]
+        hit = self._tag_searches.get(key, self._tag_searches.clock())
+        if hit is not _MISSING:
+            asked, answer = cast(tuple[int, list[Candidate]], hit)
+            if limit <= asked or len(answer) < asked:
+                return answer[:limit]
         found = await self.inner.search_tags(tag_keys, limit=limit)
-        self._tag_searches[key] = (now + self._tag_ttl, limit, found)
-        self._tag_searches.move_to_end(key)
-        while len(self._tag_searches) > TAG_SEARCHES_KEPT:
-            self._tag_searches.popitem(last=False)
+        self._tag_searches.put(key, (limit, found))
         return found[:]
