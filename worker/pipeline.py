@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from worker.adapters.redis_store import signals_to_json
 from worker.adapters.rudderstack import parse_record
-from worker.recsys_core.codec import event_from_dict, event_to_dict, signals_to_dict
+from worker.recsys_core.codec import event_from_dict, event_to_dict
 from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.ports import ContentStore, UserModelStore
 from worker.recsys_core.signals import WindowRow, signals_from_rows
@@ -93,7 +94,7 @@ class ApplyResult:
     statuses: list[AppendStatus]
     signals: dict[str, UserSignals]
     conflicts: list[InteractionEvent]
-    #: each user's signals as saved (:func:`signals_bytes`), encoded once for the
+    #: each user's signals as saved (``signals_to_json``), encoded once for the
     #: store and the table
     encoded: dict[str, bytes] = field(default_factory=dict)
 
@@ -147,19 +148,13 @@ class IngestPipeline:
                                           config=self.signal_config)
                     if s is not None:
                         signals[uid] = s
-                        encoded[uid] = signals_bytes(s)
+                        encoded[uid] = signals_to_json(s)
             if encoded:
                 with clock("redis"):
                     await self.users.save_encoded(encoded)
         finally:
             clock.report()
         return ApplyResult(statuses, signals, conflicts, encoded)
-
-
-def signals_bytes(s: UserSignals) -> bytes:
-    """Signals as the JSON bytes kept in Redis and in the Faust table (sorted keys:
-    the same signals always give the same bytes)."""
-    return orjson.dumps(signals_to_dict(s), option=orjson.OPT_SORT_KEYS)
 
 
 def group_by_partition(

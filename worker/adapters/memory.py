@@ -347,5 +347,5 @@ class InMemoryUserModelStore:
             self.saves += 1
 
     async def save_encoded(self, encoded: Mapping[str, bytes]) -> None:
-        """Save signals encoded as JSON (``signals_to_dict``), keyed by user id."""
+        """Save signals encoded by ``signals_to_json``, keyed by user id."""
         await self.save_many([signals_from_dict(orjson.loads(v)) for v in encoded.values()])

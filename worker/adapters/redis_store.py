@@ -221,6 +221,12 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
+def signals_to_json(s: UserSignals) -> bytes:
+    """``UserSignals`` as the JSON bytes kept under ``:sig`` (and, by the ingest
+    path, in the Faust table): sorted keys, so the same signals give the same bytes."""
+    return _dumps(signals_to_dict(s))
+
+
 def user_key(prefix: str, user_id: str, kind: str) -> str:
     """The Redis key of one of a user's structures."""
     return f"{prefix}:{{{user_id}}}:{kind}"
@@ -474,11 +480,11 @@ class RedisUserModelStore:
 
     async def save_many(self, many: Iterable[UserSignals]) -> None:
         """Save several users' signals with the TTL: one script call per batch."""
-        await self.save_encoded({s.user_id: _dumps(signals_to_dict(s)) for s in many})
+        await self.save_encoded({s.user_id: signals_to_json(s) for s in many})
 
     async def save_encoded(self, encoded: Mapping[str, bytes]) -> None:
-        """Save signals already encoded as JSON (``signals_to_dict`` with sorted
-        keys), keyed by user id: one script call per batch."""
+        """Save signals already encoded (``signals_to_json``), keyed by user id:
+        one script call per batch."""
         if not encoded:
             return
         try:
