@@ -16,14 +16,17 @@ _MS_PER_DAY = 86_400_000.0
 
 def event_weight(event: InteractionEvent, config: SignalConfig) -> float:
     """The signed base weight of one event before time decay."""
-    override = config.type_weights.get(event.event_type)
+    return base_weight(event.event_type, event.weight, config)
+
+
+def base_weight(event_type: str, weight: float | None, config: SignalConfig) -> float:
+    """:func:`event_weight` of an event with this type and weight."""
+    override = config.type_weights.get(event_type)
     if override is not None:
         return override
-    if event.event_type == "rate":
-        if event.weight is None:
-            return 0.0
-        return event.weight - config.rating_neutral
-    return event.weight if event.weight is not None else 0.0
+    if event_type == "rate":
+        return 0.0 if weight is None else weight - config.rating_neutral
+    return weight if weight is not None else 0.0
 
 
 def decay(age_ms: float, half_life_days: float) -> float:
@@ -69,24 +72,13 @@ def signals_from_rows(
     if not rows:
         return None
     newest_ms = max(r[0] for r in rows)
-    half_life_ms = config.half_life_days * _MS_PER_DAY
-    overrides = config.type_weights
-    neutral = config.rating_neutral
-    pow_ = math.pow
+    half_life = config.half_life_days
     item_weights: dict[str, float] = {}
     last_seen: dict[str, int] = {}
     counts: dict[str, int] = {}
     for ts_ms, cid, etype, weight in rows:
         counts[etype] = counts.get(etype, 0) + 1
-        w = overrides.get(etype)
-        if w is None:
-            if etype == "rate":
-                w = 0.0 if weight is None else weight - neutral
-            else:
-                w = weight if weight is not None else 0.0
-        age = newest_ms - ts_ms
-        if half_life_ms > 0 and age > 0:
-            w = w * pow_(0.5, age / half_life_ms)
+        w = base_weight(etype, weight, config) * decay(newest_ms - ts_ms, half_life)
         item_weights[cid] = item_weights.get(cid, 0.0) + w
         if ts_ms >= last_seen.get(cid, ts_ms):
             last_seen[cid] = ts_ms
