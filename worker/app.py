@@ -178,7 +178,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
                   if settings.worker_instance_id else None),
         producer_acks=-1,
         # Record batches of up to 256 KiB (Faust's default is 16 KiB): the apply
-        # agent writes a whole message's signals to the changelog as one batch.
+        # agent writes each partition's signals to the changelog as record batches.
         producer_max_batch_size=256 * 1024,
         producer_linger_ms=settings.producer_linger_ms,
         value_serializer="raw",

@@ -1,4 +1,5 @@
-"""Fixes for two aiokafka 0.14 metadata defects, applied when the app is built.
+"""Fixes for two aiokafka 0.14 metadata defects, and a Faust consumer setting made
+configurable (:func:`patch_consumer_fetch`), applied when the app is built.
 
 **Untracked topics** (:func:`patch_track_sent_topics`). A client starts with an
 empty topic list, which means "fetch metadata for every topic". A producer that

@@ -4,9 +4,9 @@
 producer buffer: a future, two callbacks and a buffer hop each, which cost about
 as much as everything else the apply agent does per event (measured: removing the
 table writes took ingest from 1,048 to 1,689 events/s). Here the local store is set
-directly and the changelog records of one apply message (all in the partition of
-that message: the table is co-partitioned with the interactions topic) go out as
-record batches through the same aiokafka producer.
+directly and the changelog records of one partition (the partition of the
+interactions message the users came in: the table is co-partitioned with that
+topic) go out as record batches through the same aiokafka producer.
 
 Guarantees are Faust's own: the changelog holds every value the table held, in
 order per partition; Faust flushes the producer (these batches included) before it
@@ -43,12 +43,12 @@ def _on_delivered(table: Any, tp: TopicPartition, count: int) -> Any:
     return done
 
 
-async def write_table_batch(app: Any, table: Any, partition: int,
-                            values: Mapping[bytes, bytes], *, event: Any) -> list[Any]:
-    """Set ``values`` in ``table`` and queue their changelog records; returns the
-    delivery futures. ``event`` is a message of ``partition`` that the calling
-    agent is processing: Faust's stores (RocksDB) pick the partition of a write
-    from the current event, so it is made current for these writes."""
+async def write_table_batch(app: Any, table: Any, values: Mapping[bytes, bytes], *,
+                            event: Any) -> list[Any]:
+    """Set ``values`` in ``table`` and queue their changelog records in the
+    partition of ``event``, a message the calling agent is processing; returns the
+    delivery futures. Faust's stores (RocksDB) pick the partition of a write from
+    the current event, so ``event`` is made current for these writes."""
     if not values:
         return []
     data = table.data
@@ -60,7 +60,7 @@ async def write_table_batch(app: Any, table: Any, partition: int,
         _current_event.reset(token)
     producer = app.producer._ensure_producer()  # the aiokafka producer Faust sends with
     topic = table.changelog_topic.get_topic_name()
-    tp = TopicPartition(topic, partition)
+    tp = TopicPartition(topic, event.message.partition)
     futures: list[Any] = []
     batch, count = producer.create_batch(), 0
     for key, value in values.items():

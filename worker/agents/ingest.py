@@ -166,8 +166,8 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
                     event = owner[uid]
                     by_partition.setdefault(event.message.partition, (event, {}))[1][
                         uid.encode()] = raw
-                for partition, (event, values) in by_partition.items():
-                    await write_table_batch(app, table, partition, values, event=event)
+                for event, values in by_partition.values():
+                    await write_table_batch(app, table, values, event=event)
                 stats.interactions_written += result.added
                 stats.last_applied_at = stats.clock()
                 if result.conflicts:
