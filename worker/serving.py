@@ -29,10 +29,6 @@ class ItemStats(Protocol):
 
     async def popular(self, limit: int) -> list[tuple[str, float]]: ...
 
-    async def co_interactions(
-        self, item_ids: Sequence[str], *, per_item: int
-    ) -> tuple[dict[str, dict[str, float]], dict[str, float]]: ...
-
     async def co_candidates(
         self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
     ) -> list[Candidate]:

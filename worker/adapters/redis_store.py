@@ -200,10 +200,6 @@ def _translate(exc: Exception) -> Exception:
     return StoreError(f"redis error: {exc}")
 
 
-def _s(member: bytes | str) -> str:
-    return member.decode() if isinstance(member, bytes) else member
-
-
 def _zset_row(reply: list[Any]) -> tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]:
     """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
     ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``."""
@@ -360,56 +356,47 @@ class RedisEventBuffer:
         interaction count, in two round trips: ``(rows, counts)``."""
         if not item_ids:
             return {}, {}
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for cid in item_ids:
-                    pipe.zrevrange(f"{self._prefix}:co:{cid}", 0, per_item - 1, withscores=True)
-                raw = await pipe.execute()
-            rows = {
-                cid: {_s(m): float(sc) for m, sc in part}
-                for cid, part in zip(item_ids, raw, strict=True)
-            }
-            ids = list({*item_ids, *(m for r in rows.values() for m in r)})
-            scores = await self._client.zmscore(f"{self._prefix}:cnt", ids)
-        except (rexc.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
-        counts = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
-        return rows, counts
+        rows, counts = await self._co_reads(item_ids, per_item)
+        return {cid: dict(zip(ids, sc.tolist(), strict=True))
+                for cid, (ids, sc) in rows.items()}, counts
 
     async def co_candidates(
         self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
     ) -> list[Candidate]:
         """``co_interaction_candidates(dict(weights), *co_interactions(...))[:limit]``
-        (same candidates, floats and order), without a Python object per partner.
-
-        The same two round trips, on one connection and packed by hiredis: the
-        items' strongest partners with their counts, then the interaction count
-        of every item involved. Each row is flattened into a list of ids and an
-        array of counts as soon as it is read (RESP3 gives a list per pair: kept
-        all at once, thousands of them would wake the garbage collector on every
-        request), and the sums are taken with numpy
-        (``top_co_interaction_candidates``).
-        """
+        (same candidates, floats and order), without a Python object per partner:
+        the rows stay lists of ids and arrays of counts, and the sums are taken
+        with numpy (``top_co_interaction_candidates``)."""
         w = dict(weights)
         if not w or limit <= 0:
             return []
+        rows, counts = await self._co_reads(list(w), per_item)
+        return top_co_interaction_candidates(w, rows, counts, limit)
+
+    async def _co_reads(
+        self, item_ids: Sequence[str], per_item: int
+    ) -> tuple[dict[str, tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]],
+               dict[str, float]]:
+        """Two round trips on one connection, packed by hiredis: the items' strongest
+        partners with their counts, then the interaction count of every item
+        involved. Each row is flattened into ids and an array of counts as soon as
+        it is read (RESP3 gives a list per pair: kept all at once, thousands of
+        them would wake the garbage collector on every request)."""
         rows: dict[str, tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]] = {}
 
         def row(i: int, reply: Any) -> None:
-            rows[srcs[i]] = _zset_row(reply)
+            rows[item_ids[i]] = _zset_row(reply)
 
-        srcs = list(w)
         try:
             await self._packed_calls(
                 [hiredis.pack_command(("ZREVRANGE", f"{self._prefix}:co:{cid}", 0, per_item - 1,
-                                       "WITHSCORES")) for cid in srcs], row)
-            ids = list(dict.fromkeys(chain(srcs, *(r[0] for r in rows.values()))))
+                                       "WITHSCORES")) for cid in item_ids], row)
+            ids = list(dict.fromkeys(chain(item_ids, *(r[0] for r in rows.values()))))
             (scores,) = await self._packed_calls(
                 [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *ids))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        counts = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
-        return top_co_interaction_candidates(w, rows, counts, limit)
+        return rows, {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
 
     async def _packed_calls(
         self, packed: list[bytes], each: Callable[[int, Any], None] | None = None
