@@ -10,37 +10,17 @@ so the catalogue's items in use stay in).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 import numpy as np
 
+from worker.expiring import MISSING, Expiring
 from worker.recsys_core.ports import ContentStore
 from worker.recsys_core.types import Candidate, Content, Vector
 
-_MISSING = object()
 #: Tag searches kept by ``CachedContentStore`` (a few hundred candidates each).
 TAG_SEARCHES_KEPT = 2048
-
-
-class _Expiring:
-    """Entries with an expiry time, evicted oldest-inserted first when full."""
-
-    def __init__(self, maxsize: int, ttl: float, clock: Callable[[], float]) -> None:
-        self.maxsize, self.ttl, self.clock = maxsize, ttl, clock
-        self.data: OrderedDict[Hashable, tuple[float, object]] = OrderedDict()
-
-    def get(self, key: Hashable, now: float) -> object:
-        """The live value, or ``_MISSING`` when absent or expired."""
-        hit = self.data.get(key)
-        return _MISSING if hit is None or hit[0] < now else hit[1]
-
-    def put(self, key: Hashable, value: object) -> None:
-        self.data[key] = (self.clock() + self.ttl, value)
-        self.data.move_to_end(key)
-        while len(self.data) > self.maxsize:
-            self.data.popitem(last=False)
 
 
 class CachedContentStore:
@@ -55,10 +35,10 @@ class CachedContentStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
-        self._contents = _Expiring(maxsize, ttl_seconds, clock)
-        self._vectors = _Expiring(maxsize, ttl_seconds, clock)
+        self._contents = Expiring(maxsize, ttl_seconds, clock)
+        self._vectors = Expiring(maxsize, ttl_seconds, clock)
         # tag keys -> (limit asked, answer)
-        self._tag_searches = _Expiring(TAG_SEARCHES_KEPT, ttl_seconds, clock)
+        self._tag_searches = Expiring(TAG_SEARCHES_KEPT, ttl_seconds, clock)
         self.hits = 0
         self.misses = 0
 
@@ -74,7 +54,7 @@ class CachedContentStore:
         found = await self.inner.get_vectors(ids)
         return {cid: np.asarray(v, dtype=np.float32) for cid, v in found.items()}
 
-    async def _cached(self, ids: Iterable[str], lru: _Expiring, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    async def _cached(self, ids: Iterable[str], lru: Expiring, fetch) -> dict[str, object]:  # type: ignore[no-untyped-def]
         # The hot path of every apply (each window's items): one clock read per
         # call and one dict lookup per id.
         out: dict[str, object] = {}
@@ -82,7 +62,7 @@ class CachedContentStore:
         now = lru.clock()
         for cid in ids if isinstance(ids, set | frozenset) else dict.fromkeys(ids):
             val = lru.get(cid, now)
-            if val is _MISSING:
+            if val is MISSING:
                 todo.append(cid)
             elif val is not None:
                 out[cid] = val
@@ -106,7 +86,7 @@ class CachedContentStore:
         longer cached answer are the answer for ``limit``."""
         key = tuple(tag_keys)
         hit = self._tag_searches.get(key, self._tag_searches.clock())
-        if hit is not _MISSING:
+        if hit is not MISSING:
             asked, answer = cast(tuple[int, list[Candidate]], hit)
             if limit <= asked or len(answer) < asked:
                 return answer[:limit]
