@@ -219,8 +219,15 @@ def _dumps(obj: Any) -> bytes:
 
 def signals_to_json(s: UserSignals) -> bytes:
     """``UserSignals`` as the JSON bytes kept under ``:sig`` (and, by the ingest
-    path, in the Faust table): sorted keys, so the same signals give the same bytes."""
-    return _dumps(signals_to_dict(s))
+    path, in the Faust table): sorted keys, so the same signals give the same bytes.
+
+    An exact-size copy of what orjson returns: orjson >= 3.12 never shrinks its
+    output buffer (it sets the length and its final resize is then a no-op) and
+    reserves ahead per container, so 3.3 KB of signals come back in a 32 KB block
+    (``malloc_usable_size``). The in-memory table keeps one of these per user,
+    and an apply batch holds one per touched user: the copy (0.2 us) gives the
+    memory back at once."""
+    return bytes(memoryview(_dumps(signals_to_dict(s))))
 
 
 def user_key(prefix: str, user_id: str, kind: str) -> str:
