@@ -94,6 +94,7 @@ def build_adapters(settings: Settings, *, embedder: EmbeddingModel | None = None
             popularity_half_life_days=settings.popularity_half_life_days,
             co_partners=settings.co_partners,
             co_keep=settings.co_keep,
+            stats_cache_s=settings.item_stats_cache_ms / 1000,
         )
         users: Any = RedisUserModelStore(
             client, ttl_seconds=settings.signals_ttl_seconds, key_prefix=settings.key_prefix

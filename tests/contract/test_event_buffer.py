@@ -239,3 +239,40 @@ async def test_co_interactions_stay_bounded(kind: str, redis_url: str) -> None:
             rows = await run(RedisEventBuffer(client, co_keep=4))
     assert len(rows["hub"]) <= 8
     assert rows["hub"]["p0"] == 30.0
+
+
+async def test_serving_reads_of_item_stats_are_reused_for_the_cache_time(redis_url: str) -> None:
+    """With ``stats_cache_s``, ``popular`` and ``co_candidates`` reuse what they read
+    for that long (identical answers, no Redis read), then read again: new events
+    show up once the entry has expired. ``co_interactions`` always reads."""
+    now = [100.0]
+    async with fresh_redis(redis_url) as client:
+        buf = RedisEventBuffer(client, stats_cache_s=5.0, clock=lambda: now[0])
+        uncached = RedisEventBuffer(client)
+        evs = [event(user=f"u{u}", content=str((u * 7 + i * 3) % 13), days=i)
+               for u in range(12) for i in range(6)]
+        await buf.append_many(evs)
+        weights = [("1", 2.5), ("4", 1.0), ("7", 0.3), ("12", 1.7), ("absent", 1.0)]
+        first = await buf.co_candidates(weights, per_item=4, limit=20)
+        assert first == await uncached.co_candidates(weights, per_item=4, limit=20)
+        pop = await buf.popular(5)
+        assert pop == await uncached.popular(5)
+        # One more user engages with "1" and "12": a new partner pair and new counts.
+        await buf.append_many([event(user="new", content="1", days=9),
+                               event(user="new", content="12", days=9.5)])
+        changed = await uncached.co_candidates(weights, per_item=4, limit=20)
+        assert changed != first
+        now[0] += 4.9  # within the cache time: the same answers, without Redis
+        calls = await client.info("commandstats")
+        assert await buf.co_candidates(weights, per_item=4, limit=20) == first
+        assert await buf.popular(5) == pop
+        after = await client.info("commandstats")
+        for cmd in ("cmdstat_zrevrange", "cmdstat_zmscore"):
+            assert after[cmd]["calls"] == calls[cmd]["calls"]
+        # Rows from the cache and rows read now make one answer, the same as uncached.
+        mixed = RedisEventBuffer(client, stats_cache_s=5.0, clock=lambda: now[0])
+        await mixed.co_candidates(weights[:2], per_item=4, limit=20)
+        assert await mixed.co_candidates(weights, per_item=4, limit=20) == changed
+        now[0] += 0.2  # expired: read again
+        assert await buf.co_candidates(weights, per_item=4, limit=20) == changed
+        assert await buf.popular(5) == await uncached.popular(5)

@@ -64,9 +64,15 @@ def test_top_co_candidates_equal_the_reference_exactly(seed: int) -> None:
         rows[s] = dict(zip(partners, scores, strict=True))
     counts = {i: float(rng.choice([0, 1, 2, 3, 4, 9])) for i in items if rng.random() < 0.9}
     ref = co_interaction_candidates(weights, rows, counts)
+    # Rows may bring their partners' counts along (what the Redis cache keeps):
+    # then ``counts`` is only asked for the rows' own items.
+    with_counts = {s: (ids, co, [counts.get(i, 0.0) for i in ids])
+                   for s, (ids, co) in _as_pairs(rows).items()}
+    own = {s: counts[s] for s in srcs if s in counts}
     for limit in (0, 1, 3, 10, 1000):
         assert top_co_interaction_candidates(weights, _as_pairs(rows), counts, limit) == \
             ref[:limit]
+        assert top_co_interaction_candidates(weights, with_counts, own, limit) == ref[:limit]
 
 
 def test_top_co_candidates_without_usable_sources() -> None:

@@ -19,16 +19,18 @@ prune by event time, refresh TTLs), and a batch of users is one pipeline.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain
-from typing import TYPE_CHECKING, Any
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 import numpy as np
 import orjson
 import redis.exceptions as rexc
 
+from worker.expiring import MISSING, Expiring
 from worker.recsys_core.codec import (
     datetime_to_ms,
     event_from_dict,
@@ -200,7 +202,10 @@ def _translate(exc: Exception) -> Exception:
     return StoreError(f"redis error: {exc}")
 
 
-def _zset_row(reply: list[Any]) -> tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]:
+_F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+
+def _zset_row(reply: list[Any]) -> tuple[list[str], _F64]:
     """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
     ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``."""
     if not reply:
@@ -252,6 +257,9 @@ class RedisEventBuffer:
         popularity_half_life_days: float = 7.0,
         co_partners: int = 100,
         co_keep: int = 300,
+        stats_cache_s: float = 0.0,
+        stats_cache_rows: int = 2048,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self.window_days = window_days
@@ -263,6 +271,12 @@ class RedisEventBuffer:
         self._prefix = key_prefix
         self._append = client.register_script(_APPEND_LUA)
         self._fetch = client.register_script(_FETCH_LUA)
+        # Serving's reads of the item statistics, kept for ``stats_cache_s``: the
+        # popular list, and per item its strongest partners with their counts.
+        # Requests share their users' popular items, so most rows come from here.
+        self._popular_cache = Expiring(16, stats_cache_s, clock) if stats_cache_s > 0 else None
+        self._co_cache = (Expiring(stats_cache_rows, stats_cache_s, clock)
+                          if stats_cache_s > 0 else None)
 
     def _keys(self, user_id: str) -> list[str]:
         return [user_key(self._prefix, user_id, "z"), user_key(self._prefix, user_id, "h")]
@@ -348,13 +362,21 @@ class RedisEventBuffer:
         same increments in another order can differ in the last bits: ranks are
         taken on scores rounded to 12 significant digits, ties broken by id.
         """
+        cache = self._popular_cache
+        if cache is not None:
+            hit = cache.get(limit, cache.clock())
+            if hit is not MISSING:
+                return list(cast(list[tuple[str, float]], hit))
         try:
             (reply,) = await self._packed_calls([hiredis.pack_command(
                 ("ZREVRANGE", f"{self._prefix}:pop", 0, limit + 19, "WITHSCORES"))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         ids, scores = _zset_row(reply)
-        return stable_top(list(zip(ids, scores.tolist(), strict=True)), limit)
+        top = stable_top(list(zip(ids, scores.tolist(), strict=True)), limit)
+        if cache is not None:
+            cache.put(limit, top)
+        return list(top)
 
     async def co_interactions(
         self, item_ids: Sequence[str], *, per_item: int
@@ -363,9 +385,11 @@ class RedisEventBuffer:
         interaction count, in two round trips: ``(rows, counts)``."""
         if not item_ids:
             return {}, {}
-        rows, counts = await self._co_reads(item_ids, per_item)
-        return {cid: dict(zip(ids, sc.tolist(), strict=True))
-                for cid, (ids, sc) in rows.items()}, counts
+        rows, counts = await self._co_reads(item_ids, per_item, cached=False)
+        for ids, _, n in rows.values():
+            counts.update((i, c) for i, c in zip(ids, n.tolist(), strict=True) if c > 0)
+        return {cid: dict(zip(ids, co.tolist(), strict=True))
+                for cid, (ids, co, _) in rows.items()}, counts
 
     async def co_candidates(
         self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
@@ -373,37 +397,72 @@ class RedisEventBuffer:
         """``co_interaction_candidates(dict(weights), *co_interactions(...))[:limit]``
         (same candidates, floats and order), without a Python object per partner:
         the rows stay lists of ids and arrays of counts, and the sums are taken
-        with numpy (``top_co_interaction_candidates``)."""
+        with numpy (``top_co_interaction_candidates``).
+
+        Rows read in the last ``stats_cache_s`` are reused (with the counts read
+        alongside them), so the scores may lag the counts by that long."""
         w = dict(weights)
         if not w or limit <= 0:
             return []
-        rows, counts = await self._co_reads(list(w), per_item)
+        rows, counts = await self._co_reads(list(w), per_item,
+                                            cached=self._co_cache is not None)
         return top_co_interaction_candidates(w, rows, counts, limit)
 
     async def _co_reads(
-        self, item_ids: Sequence[str], per_item: int
-    ) -> tuple[dict[str, tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]],
-               dict[str, float]]:
-        """Two round trips on one connection, packed by hiredis: the items' strongest
-        partners with their counts, then the interaction count of every item
-        involved. Each row is flattened into ids and an array of counts as soon as
-        it is read (RESP3 gives a list per pair: kept all at once, thousands of
-        them would wake the garbage collector on every request)."""
-        rows: dict[str, tuple[list[str], np.ndarray[Any, np.dtype[np.float64]]]] = {}
+        self, item_ids: Sequence[str], per_item: int, *, cached: bool
+    ) -> tuple[dict[str, tuple[list[str], _F64, _F64]], dict[str, float]]:
+        """Each item's strongest partners as ``(ids, co-interaction counts, the
+        partners' interaction counts)``, and the items' own interaction counts
+        (items never engaged with are left out).
+
+        Two round trips on one connection, packed by hiredis, for the items not
+        in the cache (``cached``): the rows, then the interaction count of every
+        item involved. Each row is flattened into ids and an array of counts as
+        soon as it is read (RESP3 gives a list per pair: kept all at once,
+        thousands of them would wake the garbage collector on every request)."""
+        rows: dict[str, tuple[list[str], _F64, _F64]] = {}
+        counts: dict[str, float] = {}
+        todo = list(dict.fromkeys(item_ids))
+        cache = self._co_cache if cached else None
+        if cache is not None:
+            now, todo = cache.clock(), []
+            for cid in dict.fromkeys(item_ids):
+                hit = cache.get((cid, per_item), now)
+                if hit is MISSING:
+                    todo.append(cid)
+                    continue
+                ids, co, n, own = cast(tuple[list[str], _F64, _F64, float], hit)
+                rows[cid] = (ids, co, n)
+                if own > 0:
+                    counts[cid] = own
+        if not todo:
+            return rows, counts
+        fresh: dict[str, tuple[list[str], _F64]] = {}
 
         def row(i: int, reply: Any) -> None:
-            rows[item_ids[i]] = _zset_row(reply)
+            fresh[todo[i]] = _zset_row(reply)
 
         try:
             await self._packed_calls(
                 [hiredis.pack_command(("ZREVRANGE", f"{self._prefix}:co:{cid}", 0, per_item - 1,
-                                       "WITHSCORES")) for cid in item_ids], row)
-            ids = list(dict.fromkeys(chain(item_ids, *(r[0] for r in rows.values()))))
+                                       "WITHSCORES")) for cid in todo], row)
+            ids = list(dict.fromkeys(chain(todo, *(r[0] for r in fresh.values()))))
             (scores,) = await self._packed_calls(
                 [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *ids))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        return rows, {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
+        found = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
+        for cid in todo:
+            partners, co = fresh[cid]
+            n = np.fromiter(map(found.get, partners, repeat(0.0)), dtype=np.float64,
+                            count=len(partners))
+            own = found.get(cid, 0.0)
+            rows[cid] = (partners, co, n)
+            if own > 0:
+                counts[cid] = own
+            if cache is not None:
+                cache.put((cid, per_item), (partners, co, n, own))
+        return rows, counts
 
     async def _packed_calls(
         self, packed: list[bytes], each: Callable[[int, Any], None] | None = None

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from worker.recsys_core.types import Candidate, InteractionEvent
 
 _DAY_MS = 86_400_000
+_Floats = Sequence[float] | npt.NDArray[np.float64]
 _POP_EPOCH_MS = 1_704_067_200_000  # 2024-01-01: increments are relative to it
 
 
@@ -84,14 +85,17 @@ def co_interaction_candidates(
 
 def top_co_interaction_candidates(
     weights: Mapping[str, float],
-    rows: Mapping[str, tuple[Sequence[str], Sequence[float] | npt.NDArray[np.float64]]],
+    rows: Mapping[str, tuple[Sequence[str], _Floats] | tuple[Sequence[str], _Floats, _Floats]],
     counts: Mapping[str, float],
     limit: int,
 ) -> list[Candidate]:
     """``co_interaction_candidates(weights, rows, counts)[:limit]``, vectorised.
 
     ``rows[i]`` holds item ``i``'s partners and their co-interaction counts as
-    two parallel sequences, in row order. The result is identical, floats
+    two parallel sequences, in row order, and may hold a third: the partners'
+    interaction counts, read with the row, used instead of looking each partner
+    up in ``counts`` (which then needs only the items of ``rows``). The result
+    is identical, floats
     included: every part is the same IEEE expression, and each item's parts
     are summed in the same order (items sorted by id, then row order;
     ``np.bincount`` adds its weights one after another). Only the top ``limit``
@@ -107,7 +111,11 @@ def top_co_interaction_candidates(
     # An item's group is the position of its first occurrence in ``ids``.
     first_at = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
     group = np.fromiter(map(first_at.__getitem__, ids), dtype=np.intp, count=len(ids))
-    n = np.fromiter(map(counts.get, ids, repeat(0.0)), dtype=np.float64, count=len(ids))
+    if all(len(rows[s]) > 2 for s in srcs):
+        n = np.concatenate([np.asarray(rows[s][2], dtype=np.float64)  # type: ignore[misc]
+                            for s in srcs])
+    else:
+        n = np.fromiter(map(counts.get, ids, repeat(0.0)), dtype=np.float64, count=len(ids))
     co = np.concatenate([np.asarray(rows[s][1], dtype=np.float64) for s in srcs])
     src = np.repeat(np.arange(len(srcs)), [len(rows[s][0]) for s in srcs])
     ok = n > 0
