@@ -77,8 +77,12 @@ class Settings(BaseSettings):
 
     # --- Behaviour --------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=10_000)
-    batch_within_ms: int = Field(5, ge=1, le=5_000)
-    apply_within_ms: int = Field(2, ge=1, le=5_000)
+    batch_within_ms: int = Field(
+        5, ge=0, le=5_000,
+        description="Once every fetched raw record is in the ingest batch, wait this long "
+        "for more (0: go at once).")
+    apply_within_ms: int = Field(
+        2, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
     fetch_min_bytes: int = Field(1, ge=1, le=50 * 1024 * 1024)
     fetch_max_wait_ms: int = Field(1500, ge=0, le=30_000)
     producer_linger_ms: int = Field(0, ge=0, le=1_000)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
+from worker.batching import take_batches
 from worker.logs import user_ref
 from worker.pipeline import (
     DeadLetter,
@@ -105,7 +106,7 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
 
     @app.agent(events_topic, name="ingest")
     async def ingest(stream: Any) -> None:
-        async for batch in stream.noack_take(s.batch_size, within=s.batch_within_ms / 1000):
+        async for batch in take_batches(stream, s.batch_size, linger=s.batch_within_ms / 1000):
             with stats.timed("ingest"):
                 records = [
                     (ev.key, ev.value,
@@ -148,7 +149,7 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
         # partition): one pipeline run, two Redis calls and one changelog batch per
         # partition for all of them. Order within a partition, hence per user, is
         # kept; every message is acked after its effects are durable.
-        async for batch in stream.noack_take(s.batch_size, within=s.apply_within_ms / 1000):
+        async for batch in take_batches(stream, s.batch_size, linger=s.apply_within_ms / 1000):
             with stats.timed("apply"):
                 evs: list[Any] = []
                 owner: dict[str, Any] = {}  # user id -> the message (partition) it came in
