@@ -116,6 +116,13 @@ class OffsetGuard:
         committed = self.consumer._committed_offset.get(tp)
         return int(committed) if committed is not None else 0
 
+    def commit_pending(self, tp: Any) -> bool:
+        """Whether the record at the committed offset has been acked: the partition
+        made progress and the next commit moves past it (a dropped record is
+        never acked, so its commit waits with this False)."""
+        acked = self.consumer._acked_index.get(tp)
+        return bool(acked) and self.start_offset(tp) in acked
+
     def new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: the committed offset, advanced over
         acked records and proven-empty ranges only; ``None`` if it cannot move."""

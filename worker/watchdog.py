@@ -4,8 +4,9 @@ The consumer guard (``worker.consumer_guard``) never commits past a record that
 was not processed. When Faust drops a fetched record (around a rebalance, a
 pause or a seek), or jumps over offsets, the committed offset of that partition
 stops moving while records wait. This timer notices a partition whose committed
-offset has not moved for ``STALL_RESEEK_S`` while it has lag (sooner, after
-one second, when the consumer reported a jump at the head) and asks the broker
+offset has not moved for ``STALL_RESEEK_S`` while it has lag and the record at
+that offset has not been processed (sooner, after one second, when the consumer
+reported a jump at the head) and asks the broker
 for the first record at that offset: if there is none up to the next record
 (transaction markers, compaction), the commit moves past the range; otherwise
 the partition is re-read from the committed offset. Every effect is
@@ -69,7 +70,11 @@ def register_watchdog(app: RecsysApp) -> None:
                 since.pop(tp, None)
                 continue
             seen = since.get(tp)
-            if seen is None or seen[0] != committed:
+            if seen is None or seen[0] != committed or guard.commit_pending(tp):
+                # A backlog on a slow store can hold the commit itself back for
+                # longer than ``after`` while the records at it are processed:
+                # re-reading them then only adds work (a 1M-event replay did
+                # hundreds of such re-reads, each partition every few seconds).
                 since[tp] = (committed, now)
                 continue
             wait = SUSPECTED_GAP_WAIT_S if suspected else after

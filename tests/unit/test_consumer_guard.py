@@ -98,6 +98,19 @@ def test_a_missing_head_record_blocks_the_commit() -> None:
     assert consumer._acked[T0] == [11, 12]
 
 
+def test_a_commit_is_pending_only_once_the_record_at_it_was_acked() -> None:
+    """What the watchdog asks before re-reading a partition whose commit has not
+    moved: a processed record at the commit point means a slow commit, not a drop."""
+    guard, consumer = make_guard(committed=10)
+    assert not guard.commit_pending(T0)  # nothing acked
+    acked(consumer, 11, 12)
+    assert not guard.commit_pending(T0)  # record 10 missing: a drop, re-read it
+    acked(consumer, 10)
+    assert guard.commit_pending(T0)
+    assert consumer._new_offset(T0) == 13
+    assert not guard.commit_pending(T0)  # committed: waits for record 13 again
+
+
 def test_a_suspected_gap_is_never_committed() -> None:
     guard, consumer = make_guard(committed=10)
     asyncio.run(consumer._add_gap(T0, 10, 15))
