@@ -123,6 +123,12 @@ class OffsetGuard:
         acked = self.consumer._acked_index.get(tp)
         return bool(acked) and self.start_offset(tp) in acked
 
+    def acked_beyond(self, tp: Any) -> bool:
+        """Whether a record after the committed offset has been acked (with the
+        record at it not acked: the sign of a dropped record)."""
+        start = self.start_offset(tp)
+        return any(o > start for o in self.consumer._acked_index.get(tp) or ())
+
     def new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: the committed offset, advanced over
         acked records and proven-empty ranges only; ``None`` if it cannot move."""

@@ -4,9 +4,10 @@ The consumer guard (``worker.consumer_guard``) never commits past a record that
 was not processed. When Faust drops a fetched record (around a rebalance, a
 pause or a seek), or jumps over offsets, the committed offset of that partition
 stops moving while records wait. This timer notices a partition whose committed
-offset has not moved for ``STALL_RESEEK_S`` while it has lag and the record at
-that offset has not been processed (sooner, after one second, when the consumer
-reported a jump at the head) and asks the broker
+offset has not moved for ``STALL_RESEEK_S`` while it has lag, the record at that
+offset has not been processed and no record of the partition waits in the worker
+(sooner, after one second, when the consumer reported a jump at the head) and
+asks the broker
 for the first record at that offset: if there is none up to the next record
 (transaction markers, compaction), the commit moves past the range; otherwise
 the partition is re-read from the committed offset. Every effect is
@@ -70,17 +71,38 @@ def register_watchdog(app: RecsysApp) -> None:
                 since.pop(tp, None)
                 continue
             seen = since.get(tp)
-            if seen is None or seen[0] != committed or guard.commit_pending(tp):
-                # A backlog on a slow store can hold the commit itself back for
-                # longer than ``after`` while the records at it are processed:
-                # re-reading them then only adds work (a 1M-event replay did
-                # hundreds of such re-reads, each partition every few seconds).
+            if seen is None or seen[0] != committed:
                 since[tp] = (committed, now)
                 continue
             wait = SUSPECTED_GAP_WAIT_S if suspected else after
-            if now - seen[1] >= wait:
-                await unstick_partition(tp, committed, highwater, now - seen[1])
-                since[tp] = (committed, time.monotonic())
+            if now - seen[1] < wait:
+                continue
+            if guard.commit_pending(tp) or (not guard.acked_beyond(tp)
+                                            and waiting_in_worker(consumer, tp)):
+                # Not a stall: under a long backlog the commit itself can lag, or
+                # the partition's records wait in the stream's queue, for longer
+                # than ``after``. Re-reading them then only adds work (a 1M-event
+                # replay re-read each partition every few seconds). A later record
+                # acked while the one at the commit is not is a drop: re-read.
+                since[tp] = (committed, now)
+                continue
+            await unstick_partition(tp, committed, highwater, now - seen[1])
+            since[tp] = (committed, time.monotonic())
+
+    def waiting_in_worker(consumer: Any, tp: Any) -> bool:
+        """Whether a record of ``tp`` waits in a stream's queue (fetched, not yet
+        taken by its agent) or in an agent's hands (taken, not yet acked). Faust
+        internals: the conductor's channels per topic, and the consumer's unacked
+        messages; if they change, this says False and the watchdog acts as before."""
+        try:
+            if any(m.tp == tp for m in list(consumer._unacked_messages)):
+                return True
+            for chan in list(app.topics._topic_name_index.get(tp.topic, ())):
+                if any(ev.message.tp == tp for ev in list(chan.queue._queue)):
+                    return True
+        except Exception as exc:
+            log.debug("cannot inspect the stream queues: %r", exc)
+        return False
 
     def nudge_producer() -> None:
         try:

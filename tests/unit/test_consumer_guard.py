@@ -103,8 +103,10 @@ def test_a_commit_is_pending_only_once_the_record_at_it_was_acked() -> None:
     moved: a processed record at the commit point means a slow commit, not a drop."""
     guard, consumer = make_guard(committed=10)
     assert not guard.commit_pending(T0)  # nothing acked
+    assert not guard.acked_beyond(T0)
     acked(consumer, 11, 12)
     assert not guard.commit_pending(T0)  # record 10 missing: a drop, re-read it
+    assert guard.acked_beyond(T0)
     acked(consumer, 10)
     assert guard.commit_pending(T0)
     assert consumer._new_offset(T0) == 13
