@@ -4,6 +4,7 @@ the app's consumer is never started)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,13 +27,28 @@ async def channel_stream() -> AsyncIterator[tuple[Any, Any]]:
     app.consumer._thread.thread_loop.close()
 
 
-async def _collect(stream: Any, max_: int, out: list[list[int]], gate: asyncio.Event,
-                   linger: float = 0.0) -> None:
-    async for batch in take_batches(stream, max_, linger=linger):
-        out.append([ev.value for ev in batch])
-        await gate.wait()  # hold the batch, as a slow store would
-        for ev in batch:
-            await stream.ack(ev)
+@contextlib.asynccontextmanager
+async def collecting(stream: Any, max_: int, *, linger: float = 0.0, held: bool = False
+                     ) -> AsyncIterator[tuple[list[list[int]], asyncio.Event]]:
+    """Batches taken from ``stream`` as lists of values; each is acked once the
+    gate is open (``held``: closed at first, as a slow store would keep it)."""
+    got: list[list[int]] = []
+    gate = asyncio.Event()
+    if not held:
+        gate.set()
+
+    async def collect() -> None:
+        async for batch in take_batches(stream, max_, linger=linger):
+            got.append([ev.value for ev in batch])
+            await gate.wait()
+            for ev in batch:
+                await stream.ack(ev)
+
+    task = asyncio.create_task(collect())
+    try:
+        yield got, gate
+    finally:
+        task.cancel()
 
 
 async def _until(cond: Any, timeout: float = 2.0) -> None:
@@ -45,10 +61,7 @@ async def test_a_lone_event_goes_at_once_and_a_backlog_goes_in_full_batches(
     channel_stream: tuple[Any, Any],
 ) -> None:
     ch, stream = channel_stream
-    got: list[list[int]] = []
-    gate = asyncio.Event()
-    task = asyncio.create_task(_collect(stream, 3, got, gate))
-    try:
+    async with collecting(stream, 3, held=True) as (got, gate):
         await ch.send(value=0)
         await _until(lambda: got == [[0]])  # no timer to wait for
         for v in range(1, 8):  # arrive while the first batch is being handled
@@ -58,23 +71,15 @@ async def test_a_lone_event_goes_at_once_and_a_backlog_goes_in_full_batches(
         gate.set()
         await _until(lambda: sum(map(len, got)) == 8)
         assert got == [[0], [1, 2, 3], [4, 5, 6], [7]]  # in order, none lost, at most 3
-    finally:
-        task.cancel()
 
 
 async def test_linger_waits_for_more_after_the_queue_emptied(
     channel_stream: tuple[Any, Any],
 ) -> None:
     ch, stream = channel_stream
-    got: list[list[int]] = []
-    gate = asyncio.Event()
-    gate.set()
-    task = asyncio.create_task(_collect(stream, 10, got, gate, linger=0.2))
-    try:
+    async with collecting(stream, 10, linger=0.2) as (got, _):
         await ch.send(value=1)
         await asyncio.sleep(0.02)
         await ch.send(value=2)
         await _until(lambda: sum(map(len, got)) == 2)
         assert got == [[1, 2]]
-    finally:
-        task.cancel()

@@ -404,8 +404,7 @@ class RedisEventBuffer:
         w = dict(weights)
         if not w or limit <= 0:
             return []
-        rows, counts = await self._co_reads(list(w), per_item,
-                                            cached=self._co_cache is not None)
+        rows, counts = await self._co_reads(list(w), per_item, cached=True)
         return top_co_interaction_candidates(w, rows, counts, limit)
 
     async def _co_reads(
@@ -416,25 +415,25 @@ class RedisEventBuffer:
         (items never engaged with are left out).
 
         Two round trips on one connection, packed by hiredis, for the items not
-        in the cache (``cached``): the rows, then the interaction count of every
-        item involved. Each row is flattened into ids and an array of counts as
-        soon as it is read (RESP3 gives a list per pair: kept all at once,
-        thousands of them would wake the garbage collector on every request)."""
+        in the cache (when ``cached`` and the cache is on): the rows, then the
+        interaction count of every item involved. Each row is flattened into ids
+        and an array of counts as soon as it is read (RESP3 gives a list per
+        pair: kept all at once, thousands of them would wake the garbage
+        collector on every request)."""
         rows: dict[str, tuple[list[str], _F64, _F64]] = {}
         counts: dict[str, float] = {}
-        todo = list(dict.fromkeys(item_ids))
+        todo: list[str] = []
         cache = self._co_cache if cached else None
-        if cache is not None:
-            now, todo = cache.clock(), []
-            for cid in dict.fromkeys(item_ids):
-                hit = cache.get((cid, per_item), now)
-                if hit is MISSING:
-                    todo.append(cid)
-                    continue
-                ids, co, n, own = cast(tuple[list[str], _F64, _F64, float], hit)
-                rows[cid] = (ids, co, n)
-                if own > 0:
-                    counts[cid] = own
+        now = cache.clock() if cache is not None else 0.0
+        for cid in dict.fromkeys(item_ids):
+            hit = cache.get((cid, per_item), now) if cache is not None else MISSING
+            if hit is MISSING:
+                todo.append(cid)
+                continue
+            ids, co, n, own = cast(tuple[list[str], _F64, _F64, float], hit)
+            rows[cid] = (ids, co, n)
+            if own > 0:
+                counts[cid] = own
         if not todo:
             return rows, counts
         fresh: dict[str, tuple[list[str], _F64]] = {}
