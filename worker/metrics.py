@@ -37,6 +37,9 @@ class _AppCollector(Collector):
                        st.records_consumed)
         yield _counter("interactions_written", "Interactions newly added to the Redis buffer "
                        "(redeliveries excluded).", st.interactions_written)
+        yield _counter("interactions_redelivered", "Interactions that were already in the "
+                       "Redis buffer (a redelivery or re-read; nothing changed).",
+                       st.interactions_redelivered)
         dl = CounterMetricFamily(f"{PREFIX}_dead_lettered", "Records sent to the dead-letter "
                                  "topic, by reason.", labels=["reason"])
         for reason, n in sorted(st.dead_lettered.items()):

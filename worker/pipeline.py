@@ -102,6 +102,11 @@ class ApplyResult:
     def added(self) -> int:
         return sum(1 for s in self.statuses if s is AppendStatus.ADDED)
 
+    @property
+    def duplicates(self) -> int:
+        """Events already stored with the same body (redeliveries, re-reads)."""
+        return sum(1 for s in self.statuses if s is AppendStatus.DUPLICATE)
+
 
 class IngestPipeline:
     """Applies interactions to the stores. Every step is idempotent."""

@@ -24,6 +24,9 @@ StageObserver = Callable[[str, float], None]
 class Stats:
     records_consumed: int = 0
     interactions_written: int = 0
+    #: interactions that were already stored (a redelivery after a restart,
+    #: rebalance or re-read): nothing changed, signals saved again
+    interactions_redelivered: int = 0
     requests_served: int = 0
     requests_failed: int = 0
     #: where a request's signals came from: "table", "redis" or "none" (unknown user)

@@ -95,13 +95,14 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
     before = await metrics(worker)
     user = f"met-{uuid.uuid4().hex[:6]}"
     n = 5
-    await produce(stack, [(user.encode(), track(user, str(100 + i))) for i in range(n)]
-                  + [(None, b"{not json")])
+    records = [(user.encode(), track(user, str(100 + i))) for i in range(n)]
+    await produce(stack, [*records, (None, b"{not json")])
     redis = Redis.from_url(stack.redis_url)
     try:
         await eventually(lambda: redis.get(f"{stack.prefix}:{{{user}}}:sig"), what="signals")
     finally:
         await redis.aclose()
+    await produce(stack, records[:1])  # the same record again: a redelivery
     async with client(stack) as c:
         assert "items" in await c.recommend(user, k=3)
 
@@ -112,6 +113,7 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
         after = await metrics(worker)
         ok = (delta(after, "recsys_records_consumed_total") >= n + 1
               and delta(after, "recsys_interactions_written_total") >= n
+              and delta(after, "recsys_interactions_redelivered_total") >= 1
               and delta(after, "recsys_dead_lettered_total{reason=invalid_json}") >= 1
               and delta(after, "recsys_requests_total{outcome=served}") >= 1)
         return after if ok else None

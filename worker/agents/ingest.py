@@ -170,6 +170,7 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
                 for event, values in by_partition.values():
                     await write_table_batch(app, table, values, event=event)
                 stats.interactions_written += result.added
+                stats.interactions_redelivered += result.duplicates
                 stats.last_applied_at = stats.clock()
                 if result.conflicts:
                     await send_all([dead_letter_send(conflict_dead_letter(c))
