@@ -107,7 +107,7 @@ async def aiokafka_rate(broker: str, topic: str, count: int, partitions: int) ->
 
 def faust_rate(broker: str, topic: str, count: int) -> float:
     env = {**os.environ, "FC_TOPIC": topic, "FC_N": str(count), "FC_BROKER": broker,
-           "FC_GROUP": f"fc-{uuid.uuid4().hex[:8]}"}
+           "FC_GROUP": f"{topic}-fc{uuid.uuid4().hex[:6]}"}  # its topics start with ours
     proc = subprocess.run([sys.executable, "-c", FAUST_APP], env=env, capture_output=True,
                           text=True, timeout=900, cwd="/tmp")
     found = re.search(r"RESULT=([0-9.]+)", proc.stdout + proc.stderr)
@@ -131,7 +131,8 @@ async def main(args: argparse.Namespace) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=args.broker)
         await admin.start()
         try:
-            await admin.delete_topics([topic])
+            await admin.delete_topics([t for t in await admin.list_topics()
+                                       if t.startswith(topic)])
         finally:
             await admin.close()
     med = {k: statistics.median(v) for k, v in rates.items()}
