@@ -6,11 +6,15 @@ then, interleaved for ``--trials`` rounds, times
 * ``aiokafka``: ``AIOKafkaConsumer.getmany`` + ``orjson.loads`` of every value (the
   ceiling `make bench` reports), and
 * ``faust``: a Faust app (own process, own group) whose only agent takes the topic
-  with ``noack_take(500, within=5 ms)`` and acks every event, as the worker's ingest
-  agent does, with no other work,
+  with ``noack_take(500, within=5 ms)`` and acks every event, with no other work
+  (stock Faust), and
+* ``faust_worker_way``: the same agent taking batches as the worker's ingest agent
+  does (``worker.batching.take_batches(500, linger=5 ms)``) with the worker's
+  record-delivery patch (``worker.kafka_patches.patch_consumer_delivery``),
 
 from the first record to the last, and writes ``benchmarks/results/faust_ceiling.json``.
-The worker cannot ingest faster than the ``faust`` figure on the same machine.
+The worker cannot ingest faster than the ``faust_worker_way`` figure on the same
+machine.
 
   python benchmarks/faust_ceiling.py [--events 200000] [--trials 3]
 """
@@ -48,10 +52,17 @@ FAUST_APP = textwrap.dedent("""
                     value_serializer="raw", key_serializer="raw", web_enabled=False,
                     consumer_auto_offset_reset="earliest")
     state = {"n": 0, "t0": None}
+    worker_way = os.environ.get("FC_MODE") == "worker"
+    if worker_way:  # the worker's delivery patch and batching
+        from worker.batching import take_batches
+        from worker.kafka_patches import patch_consumer_delivery
+        patch_consumer_delivery()
 
     @app.agent(app.topic(topic))
     async def empty(stream):
-        async for batch in stream.noack_take(500, within=0.005):
+        batches = (take_batches(stream, 500, linger=0.005) if worker_way
+                   else stream.noack_take(500, within=0.005))
+        async for batch in batches:
             if state["t0"] is None:
                 state["t0"] = time.perf_counter()
             state["n"] += len(batch)
@@ -105,8 +116,9 @@ async def aiokafka_rate(broker: str, topic: str, count: int, partitions: int) ->
         await consumer.stop()
 
 
-def faust_rate(broker: str, topic: str, count: int) -> float:
-    env = {**os.environ, "FC_TOPIC": topic, "FC_N": str(count), "FC_BROKER": broker,
+def faust_rate(broker: str, topic: str, count: int, mode: str = "faust") -> float:
+    env = {**os.environ, "FC_MODE": mode, "PYTHONPATH": str(ROOT), "FC_TOPIC": topic,
+           "FC_N": str(count), "FC_BROKER": broker,
            "FC_GROUP": f"{topic}-fc{uuid.uuid4().hex[:6]}"}  # its topics start with ours
     proc = subprocess.run([sys.executable, "-c", FAUST_APP], env=env, capture_output=True,
                           text=True, timeout=900, cwd="/tmp")
@@ -119,14 +131,17 @@ def faust_rate(broker: str, topic: str, count: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     topic = f"faust-ceiling-{uuid.uuid4().hex[:8]}"
     await preload(args.broker, topic, args.events, args.partitions)
-    rates: dict[str, list[float]] = {"aiokafka": [], "faust": []}
+    rates: dict[str, list[float]] = {"aiokafka": [], "faust": [], "faust_worker_way": []}
     try:
         for i in range(args.trials):
             rates["aiokafka"].append(round(await aiokafka_rate(args.broker, topic, args.events,
                                                               args.partitions), 1))
             rates["faust"].append(round(faust_rate(args.broker, topic, args.events), 1))
+            rates["faust_worker_way"].append(round(faust_rate(args.broker, topic, args.events,
+                                                              "worker"), 1))
             print(f"trial {i + 1}: aiokafka {rates['aiokafka'][-1]:,.0f}/s, "
-                  f"faust empty agent {rates['faust'][-1]:,.0f}/s", flush=True)
+                  f"faust empty agent {rates['faust'][-1]:,.0f}/s, the worker's way "
+                  f"{rates['faust_worker_way'][-1]:,.0f}/s", flush=True)
     finally:
         admin = AIOKafkaAdminClient(bootstrap_servers=args.broker)
         await admin.start()
@@ -140,6 +155,7 @@ async def main(args: argparse.Namespace) -> None:
         "faust_empty_agent_events_per_s": med["faust"],
         "aiokafka_events_per_s": med["aiokafka"],
         "faust_over_aiokafka": round(med["faust"] / med["aiokafka"], 4),
+        "faust_worker_way_events_per_s": med["faust_worker_way"],
         "trials": rates,
         "events": args.events,
         "partitions": args.partitions,

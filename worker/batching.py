@@ -19,8 +19,25 @@ a batch once its effects are durable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+
+def weighted_slices(weights: Sequence[int], limit: int) -> list[range]:
+    """Split ``range(len(weights))`` into consecutive runs whose weights sum to at
+    most ``limit`` (an item heavier than ``limit`` makes a run of its own), so a
+    batch of messages can be worked on a bounded number of interactions at a
+    time, in order, without splitting a message."""
+    runs: list[range] = []
+    start, total = 0, 0
+    for i, w in enumerate(weights):
+        if i > start and total + w > limit:
+            runs.append(range(start, i))
+            start, total = i, 0
+        total += w
+    if start < len(weights):
+        runs.append(range(start, len(weights)))
+    return runs
 
 
 async def take_batches(stream: Any, max_: int, *, linger: float = 0.0

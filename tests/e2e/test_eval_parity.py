@@ -87,7 +87,9 @@ async def test_live_worker_answers_what_the_evaluation_computes(
         await adapters.aclose()
 
     # Live: the same payloads on the topic, answers over the reply topic.
+    # Small apply runs (APPLY_MAX_INTERACTIONS): slicing a batch must not change a thing.
     worker = WorkerProcess({**env, "KEY_PREFIX": f"live{run}", "WEB_PORT": str(free_port()),
+                            "APPLY_MAX_INTERACTIONS": "97",
                             "QDRANT_PATH": str(tmp_path / "qdrant-live"),
                             "DATA_DIR": str(tmp_path / "data")}, tmp_path / "worker.log")
     worker.start()

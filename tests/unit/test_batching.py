@@ -11,7 +11,7 @@ from typing import Any
 import faust
 import pytest
 
-from worker.batching import take_batches
+from worker.batching import take_batches, weighted_slices
 
 
 @pytest.fixture
@@ -83,3 +83,15 @@ async def test_linger_waits_for_more_after_the_queue_emptied(
         await ch.send(value=2)
         await _until(lambda: sum(map(len, got)) == 2)
         assert got == [[1, 2]]
+
+
+def test_weighted_slices_keep_order_and_whole_items_within_the_limit() -> None:
+    assert weighted_slices([], 10) == []
+    assert weighted_slices([3, 3, 3, 3], 6) == [range(0, 2), range(2, 4)]
+    assert weighted_slices([0, 5, 0, 5, 1], 5) == [range(0, 3), range(3, 4), range(4, 5)]
+    # an item heavier than the limit goes alone; nothing is split or dropped
+    assert weighted_slices([2, 50, 2], 10) == [range(0, 1), range(1, 2), range(2, 3)]
+    weights = [70, 1, 0, 300, 69, 70, 70, 2]
+    runs = weighted_slices(weights, 140)
+    assert [i for r in runs for i in r] == list(range(len(weights)))
+    assert all(sum(weights[i] for i in r) <= 140 or len(r) == 1 for r in runs)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
-from worker.batching import take_batches
+from worker.batching import take_batches, weighted_slices
 from worker.logs import user_ref
 from worker.pipeline import (
     DeadLetter,
@@ -150,35 +150,44 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
         # partition for all of them. Order within a partition, hence per user, is
         # kept; every message is acked after its effects are durable.
         async for batch in take_batches(stream, s.batch_size, linger=s.apply_within_ms / 1000):
-            with stats.timed("apply"):
-                evs: list[Any] = []
-                owner: dict[str, Any] = {}  # user id -> the message (partition) it came in
-                for event in batch:
-                    if is_sentinel(event.headers):
-                        continue
-                    decoded = decode_interactions(event.value)
-                    evs.extend(decoded)
-                    for ie in decoded:
-                        owner[ie.user_id] = event
-                result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
-                                             max_backoff=s.retry_max_backoff_s)
-                by_partition: dict[int, tuple[Any, dict[bytes, bytes]]] = {}
-                for uid, raw in result.encoded.items():
-                    event = owner[uid]
-                    by_partition.setdefault(event.message.partition, (event, {}))[1][
-                        uid.encode()] = raw
-                for event, values in by_partition.values():
-                    await write_table_batch(app, table, values, event=event)
-                stats.interactions_written += result.added
-                stats.interactions_redelivered += result.duplicates
-                stats.last_applied_at = stats.clock()
-                if result.conflicts:
-                    await send_all([dead_letter_send(conflict_dead_letter(c))
-                                    for c in result.conflicts])
-                for event in batch:
-                    await stream.ack(event)
-            stats.progress()
+            decoded = [[] if is_sentinel(event.headers) else decode_interactions(event.value)
+                       for event in batch]
+            # Worked on in runs of at most APPLY_MAX_INTERACTIONS (whole messages,
+            # in order): a backlog makes big batches, and one pipeline run over tens
+            # of thousands of interactions holds them all, and their users' windows
+            # and signals, at once.
+            for run in weighted_slices([len(d) for d in decoded], s.apply_max_interactions):
+                await apply_messages(stream, [batch[i] for i in run],
+                                     [decoded[i] for i in run])
+
+    async def apply_messages(stream: Any, messages: list[Any], decoded: list[list[Any]]
+                             ) -> None:
+        with stats.timed("apply"):
+            evs: list[Any] = []
+            owner: dict[str, Any] = {}  # user id -> the message (partition) it came in
+            for event, interactions in zip(messages, decoded, strict=True):
+                evs.extend(interactions)
+                for ie in interactions:
+                    owner[ie.user_id] = event
+            result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
+                                         max_backoff=s.retry_max_backoff_s)
+            by_partition: dict[int, tuple[Any, dict[bytes, bytes]]] = {}
+            for uid, raw in result.encoded.items():
+                event = owner[uid]
+                by_partition.setdefault(event.message.partition, (event, {}))[1][
+                    uid.encode()] = raw
+            for event, values in by_partition.values():
+                await write_table_batch(app, table, values, event=event)
+            stats.interactions_written += result.added
+            stats.interactions_redelivered += result.duplicates
+            stats.last_applied_at = stats.clock()
             if result.conflicts:
-                log.info("dead-lettered %d message id conflicts (users %s)",
-                         len(result.conflicts),
-                         " ".join(sorted({user_ref(c.user_id) for c in result.conflicts})))
+                await send_all([dead_letter_send(conflict_dead_letter(c))
+                                for c in result.conflicts])
+            for event in messages:
+                await stream.ack(event)
+        stats.progress()
+        if result.conflicts:
+            log.info("dead-lettered %d message id conflicts (users %s)",
+                     len(result.conflicts),
+                     " ".join(sorted({user_ref(c.user_id) for c in result.conflicts})))
