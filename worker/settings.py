@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     apply_within_ms: int = Field(
         2, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
     apply_max_interactions: int = Field(
-        2_000, ge=1, le=1_000_000,
+        5_000, ge=1, le=1_000_000,
         description="The apply agent works on at most this many interactions at a time "
         "(whole messages, in order): bounds its memory and the length of one Redis script.")
     fetch_min_bytes: int = Field(1, ge=1, le=50 * 1024 * 1024)
