@@ -189,7 +189,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
     )
     app.settings = settings
     app.fetch_tuning = (settings.fetch_min_bytes, settings.fetch_max_wait_ms)
-    app.services = services or build_services(build_adapters(settings))
+    app.services = services or build_services(
+        build_adapters(settings), apply_max_users=settings.apply_max_users)
     app.stats = Stats()
     app.retry_state = RetryState()
     app.metrics = Metrics(app)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.catalog_cache import CachedContentStore
-from worker.pipeline import IngestPipeline
+from worker.pipeline import APPLY_MAX_USERS, IngestPipeline
 from worker.recsys_core.config import RankConfig, SignalConfig
 from worker.recsys_core.ports import EmbeddingModel
 from worker.serving import Recommender
@@ -158,6 +158,7 @@ def build_services(
     *,
     signal_config: SignalConfig | None = None,
     rank_config: RankConfig | None = None,
+    apply_max_users: int | None = None,
 ) -> Services:
     """The application services on top of the adapters."""
     cached = CachedContentStore(adapters.content)
@@ -166,6 +167,7 @@ def build_services(
         users=adapters.users,
         content=cached,
         signal_config=signal_config or SignalConfig(),
+        max_users=apply_max_users or APPLY_MAX_USERS,
     )
     recommender = Recommender(
         content=cached,

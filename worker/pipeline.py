@@ -108,6 +108,10 @@ class ApplyResult:
         return sum(1 for s in self.statuses if s is AppendStatus.DUPLICATE)
 
 
+#: Users per append/fetch/save round of ``IngestPipeline.apply`` (APPLY_MAX_USERS).
+APPLY_MAX_USERS = 256
+
+
 class IngestPipeline:
     """Applies interactions to the stores. Every step is idempotent."""
 
@@ -119,11 +123,14 @@ class IngestPipeline:
         content: ContentStore,
         signal_config: SignalConfig,
         observe: StageObserver | None = None,
+        max_users: int = APPLY_MAX_USERS,
     ) -> None:
         self.buffer = buffer
         self.users = users
         self.content = content
         self.signal_config = signal_config
+        #: users per append/fetch/save round (see ``apply``)
+        self.max_users = max(1, max_users)
         #: ``(stage, seconds)`` per apply: "redis", "qdrant", "signals" (optional)
         self.observe = observe
 
@@ -132,7 +139,33 @@ class IngestPipeline:
 
         Users are recomputed even when all their events were duplicates: after
         a crash between append and save, the redelivery must still save.
+
+        The users are taken ``max_users`` at a time (all of a user's events in
+        the same round, in their order): each round reads back its users' whole
+        windows, so the memory one apply needs is bounded by ``max_users`` x the
+        window, not by the batch (a batch of a few thousand users with full
+        windows is tens of MB of transient objects, and the allocator keeps its
+        high-water mark).
         """
+        per_user: dict[str, list[int]] = {}
+        for i, ev in enumerate(events):
+            per_user.setdefault(ev.user_id, []).append(i)
+        if len(per_user) <= self.max_users:
+            return await self._apply(events)
+        uids = list(per_user)
+        statuses: list[AppendStatus] = [AppendStatus.DUPLICATE] * len(events)
+        out = ApplyResult(statuses, {}, [], {})
+        for start in range(0, len(uids), self.max_users):
+            idxs = sorted(i for u in uids[start:start + self.max_users] for i in per_user[u])
+            part = await self._apply([events[i] for i in idxs])
+            for i, st in zip(idxs, part.statuses, strict=True):
+                statuses[i] = st
+            out.signals.update(part.signals)
+            out.encoded.update(part.encoded)
+            out.conflicts.extend(part.conflicts)
+        return out
+
+    async def _apply(self, events: Sequence[InteractionEvent]) -> ApplyResult:
         clock = StageClock(self.observe)
         try:
             with clock("redis"):

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         5, ge=0, le=5_000,
         description="Once every fetched raw record is in the ingest batch, wait this long "
         "for more (0: go at once).")
+    apply_max_users: int = Field(
+        256, ge=1, le=100_000,
+        description="The apply agent appends, reads back the windows of and saves at most "
+        "this many users at a time (bounds the memory of one apply).")
     apply_within_ms: int = Field(
         2, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
     apply_max_interactions: int = Field(
