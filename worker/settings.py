@@ -81,16 +81,16 @@ class Settings(BaseSettings):
         5, ge=0, le=5_000,
         description="Once every fetched raw record is in the ingest batch, wait this long "
         "for more (0: go at once).")
-    apply_max_users: int = Field(
-        256, ge=1, le=100_000,
-        description="The apply agent appends, reads back the windows of and saves at most "
-        "this many users at a time (bounds the memory of one apply).")
     apply_within_ms: int = Field(
         2, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
     apply_max_interactions: int = Field(
         5_000, ge=1, le=1_000_000,
         description="The apply agent works on at most this many interactions at a time "
         "(whole messages, in order): bounds its memory and the length of one Redis script.")
+    apply_max_users: int = Field(
+        256, ge=1, le=100_000,
+        description="The apply agent appends, reads back the windows of and saves at most "
+        "this many users at a time (bounds the memory of one apply).")
     fetch_min_bytes: int = Field(1, ge=1, le=50 * 1024 * 1024)
     fetch_max_wait_ms: int = Field(1500, ge=0, le=30_000)
     producer_linger_ms: int = Field(0, ge=0, le=1_000)

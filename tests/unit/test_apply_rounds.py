@@ -53,8 +53,7 @@ async def test_rounds_of_users_give_the_same_outcome_as_one_round() -> None:
         assert saved == saved_whole
         for a, b in zip(whole, parts, strict=True):
             assert a.statuses == b.statuses
-            assert a.encoded == b.encoded
-            assert a.signals == b.signals
+            assert a.encoded == b.encoded  # each user's signals, as saved
             assert sorted(e.message_id for e in a.conflicts) == sorted(
                 e.message_id for e in b.conflicts)
             assert a.added == b.added
