@@ -12,6 +12,7 @@ import io
 import logging
 import signal
 import ssl
+from collections import OrderedDict
 from typing import Any
 
 import faust
@@ -55,6 +56,37 @@ class RecsysApp(faust.App):
     offset_guard: OffsetGuard
     #: (fetch_min_bytes, fetch_max_wait_ms) of the worker consumer (kafka_patches)
     fetch_tuning: tuple[int, int] | None = None
+    #: How many topics sent to by name (the callers' reply topics) ``send`` keeps.
+    NAMED_TOPICS_KEPT = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._named_topics: OrderedDict[str, Any] = OrderedDict()
+
+    async def send(self, channel: Any, *args: Any, **kwargs: Any) -> Any:
+        """Faust's ``send``, reusing one ``Topic`` per topic name.
+
+        Every reply goes to a topic given by name (the request's reply-to
+        header). Faust's ``send`` builds a new ``Topic`` for each such send:
+        a schema, a weak set and compiled closures, 34 objects in reference
+        cycles. At 100 requests/s that is garbage only the cyclic collector
+        frees, and each young collection found ~8,000 such objects and paused
+        the event loop for 10-13 ms. The topics are kept per name (the most
+        recently used ``NAMED_TOPICS_KEPT``)."""
+        if isinstance(channel, str):
+            channel = self._topic_named(channel)
+        return await super().send(channel, *args, **kwargs)
+
+    def _topic_named(self, name: str) -> Any:
+        kept = self._named_topics
+        topic = kept.get(name)
+        if topic is None:
+            topic = kept[name] = self.topic(name)
+            while len(kept) > self.NAMED_TOPICS_KEPT:
+                kept.popitem(last=False)
+        else:
+            kept.move_to_end(name)
+        return topic
 
     async def on_started(self) -> None:
         await super().on_started()
