@@ -83,13 +83,32 @@ class CachedContentStore:
     async def search_tags(self, tag_keys: Sequence[str], *, limit: int) -> list[Candidate]:
         """Cached by the tag keys (users share their top tags). A tag search is a
         filter scrolled in point id order, so the first ``limit`` items of a
-        longer cached answer are the answer for ``limit``."""
+        longer cached answer are the answer for ``limit``.
+
+        An answer is kept as tuples of strings and floats, not as ``Candidate``
+        objects: the garbage collector stops tracking such tuples after their
+        first young collection, while a few hundred cached answers of ~60
+        objects each would be walked by every collection until they expire."""
         key = tuple(tag_keys)
         hit = self._tag_searches.get(key, self._tag_searches.clock())
         if hit is not MISSING:
-            asked, answer = cast(tuple[int, list[Candidate]], hit)
-            if limit <= asked or len(answer) < asked:
-                return answer[:limit]
+            asked, kept = cast(tuple[int, _Kept], hit)
+            if limit <= asked or len(kept[0]) < asked:
+                return _candidates(kept, limit)
         found = await self.inner.search_tags(tag_keys, limit=limit)
-        self._tag_searches.put(key, (limit, found))
+        self._tag_searches.put(key, (limit, _kept(found)))
         return found[:]
+
+
+#: Candidates as parallel tuples: ids, scores, sources, details.
+_Kept = tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def _kept(found: Sequence[Candidate]) -> _Kept:
+    return (tuple(c.content_id for c in found), tuple(c.score for c in found),
+            tuple(c.source for c in found), tuple(c.detail for c in found))
+
+
+def _candidates(kept: _Kept, limit: int) -> list[Candidate]:
+    ids, scores, sources, details = (col[:limit] for col in kept)
+    return list(map(Candidate, ids, scores, sources, details))

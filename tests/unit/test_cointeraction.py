@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 
 from tests.factories import event
@@ -69,10 +70,14 @@ def test_top_co_candidates_equal_the_reference_exactly(seed: int) -> None:
     with_counts = {s: (ids, co, [counts.get(i, 0.0) for i in ids])
                    for s, (ids, co) in _as_pairs(rows).items()}
     own = {s: counts[s] for s in srcs if s in counts}
+    # ... and as the Redis store keeps them: numpy arrays of UTF-8 bytes.
+    as_bytes = {s: (np.array([i.encode() for i in ids], dtype="S"), np.array(co),
+                    np.array(n)) for s, (ids, co, n) in with_counts.items()}
     for limit in (0, 1, 3, 10, 1000):
         assert top_co_interaction_candidates(weights, _as_pairs(rows), counts, limit) == \
             ref[:limit]
         assert top_co_interaction_candidates(weights, with_counts, own, limit) == ref[:limit]
+        assert top_co_interaction_candidates(weights, as_bytes, own, limit) == ref[:limit]
 
 
 def test_top_co_candidates_without_usable_sources() -> None:

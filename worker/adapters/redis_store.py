@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
@@ -39,6 +38,7 @@ from worker.recsys_core.codec import (
     signals_to_dict,
 )
 from worker.recsys_core.cointeraction import (
+    id_names,
     is_engaging,
     popularity_increment,
     stable_top,
@@ -203,19 +203,31 @@ def _translate(exc: Exception) -> Exception:
 
 
 _F64 = np.ndarray[Any, np.dtype[np.float64]]
+#: Content ids as one numpy array (of bytes, or of str from a client that decodes).
+_Ids = np.ndarray[Any, np.dtype[Any]]
 
 
-def _zset_row(reply: list[Any]) -> tuple[list[str], _F64]:
+def _zset_row(reply: list[Any]) -> tuple[_Ids, _F64]:
     """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
-    ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``."""
+    ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``.
+
+    The members stay one numpy array of bytes (``dtype="S"``; content ids never
+    end in NUL, which such an array would drop): no Python object per partner
+    for the garbage collector to walk while the row is cached."""
     if not reply:
-        return [], np.empty(0)
+        return np.empty(0, dtype="S1"), np.empty(0)
     if isinstance(reply[0], list | tuple):
         members, scores = zip(*reply, strict=True)
     else:
         members, scores = reply[0::2], reply[1::2]
-    ids = list(map(bytes.decode, members)) if isinstance(members[0], bytes) else list(members)
-    return ids, np.array(scores, dtype=np.float64)
+    return np.array(members), np.array(scores, dtype=np.float64)
+
+
+def _counts(replies: Sequence[Any]) -> _F64:
+    """A ``ZMSCORE`` reply as floats, 0.0 for absent members."""
+    out = np.array(replies, dtype=np.float64)  # None -> nan
+    out[np.isnan(out)] = 0.0
+    return out
 
 
 def _dumps(obj: Any) -> bytes:
@@ -373,7 +385,7 @@ class RedisEventBuffer:
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         ids, scores = _zset_row(reply)
-        top = stable_top(list(zip(ids, scores.tolist(), strict=True)), limit)
+        top = stable_top(list(zip(id_names(ids), scores.tolist(), strict=True)), limit)
         if cache is not None:
             cache.put(limit, top)
         return list(top)
@@ -386,10 +398,11 @@ class RedisEventBuffer:
         if not item_ids:
             return {}, {}
         rows, counts = await self._co_reads(item_ids, per_item, cached=False)
-        for ids, _, n in rows.values():
+        named = {cid: (id_names(ids), co, n) for cid, (ids, co, n) in rows.items()}
+        for ids, _, n in named.values():
             counts.update((i, c) for i, c in zip(ids, n.tolist(), strict=True) if c > 0)
         return {cid: dict(zip(ids, co.tolist(), strict=True))
-                for cid, (ids, co, _) in rows.items()}, counts
+                for cid, (ids, co, _) in named.items()}, counts
 
     async def co_candidates(
         self, weights: Sequence[tuple[str, float]], *, per_item: int, limit: int
@@ -409,18 +422,18 @@ class RedisEventBuffer:
 
     async def _co_reads(
         self, item_ids: Sequence[str], per_item: int, *, cached: bool
-    ) -> tuple[dict[str, tuple[list[str], _F64, _F64]], dict[str, float]]:
+    ) -> tuple[dict[str, tuple[_Ids, _F64, _F64]], dict[str, float]]:
         """Each item's strongest partners as ``(ids, co-interaction counts, the
         partners' interaction counts)``, and the items' own interaction counts
         (items never engaged with are left out).
 
         Two round trips on one connection, packed by hiredis, for the items not
         in the cache (when ``cached`` and the cache is on): the rows, then the
-        interaction count of every item involved. Each row is flattened into ids
-        and an array of counts as soon as it is read (RESP3 gives a list per
-        pair: kept all at once, thousands of them would wake the garbage
-        collector on every request)."""
-        rows: dict[str, tuple[list[str], _F64, _F64]] = {}
+        interaction count of every item involved. A row stays three numpy
+        arrays (ids as bytes): the work per partner is numpy's, and a cached
+        row is not a list of thousands of objects for the garbage collector to
+        walk on every young collection."""
+        rows: dict[str, tuple[_Ids, _F64, _F64]] = {}
         counts: dict[str, float] = {}
         todo: list[str] = []
         cache = self._co_cache if cached else None
@@ -430,37 +443,42 @@ class RedisEventBuffer:
             if hit is MISSING:
                 todo.append(cid)
                 continue
-            ids, co, n, own = cast(tuple[list[str], _F64, _F64, float], hit)
+            ids, co, n, own = cast(tuple[_Ids, _F64, _F64, float], hit)
             rows[cid] = (ids, co, n)
             if own > 0:
                 counts[cid] = own
         if not todo:
             return rows, counts
-        fresh: dict[str, tuple[list[str], _F64]] = {}
+        fresh: list[tuple[_Ids, _F64]] = [(np.empty(0, dtype="S1"), np.empty(0))] * len(todo)
 
         def row(i: int, reply: Any) -> None:
-            fresh[todo[i]] = _zset_row(reply)
+            fresh[i] = _zset_row(reply)
 
         try:
             await self._packed_calls(
                 [hiredis.pack_command(("ZREVRANGE", f"{self._prefix}:co:{cid}", 0, per_item - 1,
                                        "WITHSCORES")) for cid in todo], row)
-            ids = list(dict.fromkeys(chain(todo, *(r[0] for r in fresh.values()))))
+            partners = [ids for ids, _ in fresh if len(ids)]
+            if partners:
+                uniq, at = np.unique(np.concatenate(partners), return_inverse=True)
+            else:
+                uniq, at = np.empty(0, dtype="S1"), np.empty(0, dtype=np.intp)
             (scores,) = await self._packed_calls(
-                [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *ids))])
+                [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *todo,
+                                       *uniq.tolist()))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
-        found = {i: float(c) for i, c in zip(ids, scores, strict=True) if c is not None}
-        for cid in todo:
-            partners, co = fresh[cid]
-            n = np.fromiter(map(found.get, partners, repeat(0.0)), dtype=np.float64,
-                            count=len(partners))
-            own = found.get(cid, 0.0)
-            rows[cid] = (partners, co, n)
+        found = _counts(scores)
+        own_counts, n_all = found[:len(todo)].tolist(), found[len(todo):][at.reshape(-1)]
+        start = 0
+        for cid, (ids, co), own in zip(todo, fresh, own_counts, strict=True):
+            n = n_all[start:start + len(ids)]
+            start += len(ids)
+            rows[cid] = (ids, co, n)
             if own > 0:
                 counts[cid] = own
             if cache is not None:
-                cache.put((cid, per_item), (partners, co, n, own))
+                cache.put((cid, per_item), (ids, co, n, own))
         return rows, counts
 
     async def _packed_calls(

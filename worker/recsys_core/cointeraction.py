@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from itertools import chain, repeat
+from itertools import repeat
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +21,7 @@ from worker.recsys_core.types import Candidate, InteractionEvent
 
 _DAY_MS = 86_400_000
 _Floats = Sequence[float] | npt.NDArray[np.float64]
+_Ids = Sequence[str] | npt.NDArray[Any]
 _POP_EPOCH_MS = 1_704_067_200_000  # 2024-01-01: increments are relative to it
 
 
@@ -85,7 +87,7 @@ def co_interaction_candidates(
 
 def top_co_interaction_candidates(
     weights: Mapping[str, float],
-    rows: Mapping[str, tuple[Sequence[str], _Floats] | tuple[Sequence[str], _Floats, _Floats]],
+    rows: Mapping[str, tuple[_Ids, _Floats] | tuple[_Ids, _Floats, _Floats]],
     counts: Mapping[str, float],
     limit: int,
 ) -> list[Candidate]:
@@ -94,12 +96,16 @@ def top_co_interaction_candidates(
     ``rows[i]`` holds item ``i``'s partners and their co-interaction counts as
     two parallel sequences, in row order, and may hold a third: the partners'
     interaction counts, read with the row, used instead of looking each partner
-    up in ``counts`` (which then needs only the items of ``rows``). The result
-    is identical, floats
-    included: every part is the same IEEE expression, and each item's parts
-    are summed in the same order (items sorted by id, then row order;
-    ``np.bincount`` adds its weights one after another). Only the top ``limit``
-    items are sorted and built.
+    up in ``counts`` (which then needs only the items of ``rows``). The
+    partners may be a numpy array of UTF-8 bytes (``dtype="S"``, what the
+    Redis store keeps: no Python object per partner; ids never end in NUL) or
+    of str, or a sequence of str, the same kind in every row.
+
+    The result is identical, floats included: every part is the same IEEE
+    expression, and each item's parts are summed in the same order (items
+    sorted by id, then row order; ``np.bincount`` adds its weights one after
+    another). Items are told apart by ``np.unique``, and only the top
+    ``limit`` are sorted, named and built.
     """
     if limit <= 0:
         return []
@@ -107,15 +113,17 @@ def top_co_interaction_candidates(
             if weights.get(s, 0.0) > 0 and counts.get(s, 0.0) > 0 and len(rows[s][0])]
     if not srcs:
         return []
-    ids = list(chain.from_iterable(rows[s][0] for s in srcs))
-    # An item's group is the position of its first occurrence in ``ids``.
-    first_at = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
-    group = np.fromiter(map(first_at.__getitem__, ids), dtype=np.intp, count=len(ids))
+    ids = np.concatenate([np.asarray(rows[s][0]) for s in srcs])
+    # An item's group: its index among the distinct ids (any labelling gives the
+    # same sums, since bincount adds in position order).
+    uniq, group = np.unique(ids, return_inverse=True)
+    group = group.reshape(-1)
     if all(len(rows[s]) > 2 for s in srcs):
         n = np.concatenate([np.asarray(rows[s][2], dtype=np.float64)  # type: ignore[misc]
                             for s in srcs])
     else:
-        n = np.fromiter(map(counts.get, ids, repeat(0.0)), dtype=np.float64, count=len(ids))
+        n = np.fromiter(map(counts.get, id_names(ids), repeat(0.0)), dtype=np.float64,
+                        count=len(ids))
     co = np.concatenate([np.asarray(rows[s][1], dtype=np.float64) for s in srcs])
     src = np.repeat(np.arange(len(srcs)), [len(rows[s][0]) for s in srcs])
     ok = n > 0
@@ -123,8 +131,8 @@ def top_co_interaction_candidates(
     w = np.array([weights[s] for s in srcs], dtype=np.float64)[src]
     n_src = np.array([counts[s] for s in srcs], dtype=np.float64)[src]
     part = w * co[ok] / np.sqrt(n_src * n[ok])
-    score = np.bincount(item, weights=part, minlength=len(ids))
-    found = np.flatnonzero(np.bincount(item, minlength=len(ids)))
+    score = np.bincount(item, weights=part, minlength=len(uniq))
+    found = np.flatnonzero(np.bincount(item, minlength=len(uniq)))
     if not len(found):
         return []
     if len(found) > limit:  # keep the top ``limit`` scores, ties at the cut included
@@ -133,12 +141,19 @@ def top_co_interaction_candidates(
         found = found[top_scores >= cut]
     # The detail, for the items kept: the first source with the item's largest
     # part (a stable sort by item, then part descending, puts it first).
-    kept = np.zeros(len(ids), dtype=bool)
+    kept = np.zeros(len(uniq), dtype=bool)
     kept[found] = True
     sel = np.flatnonzero(kept[item])
     order = sel[np.lexsort((-part[sel], item[sel]))]
     first = order[np.r_[True, item[order][1:] != item[order][:-1]]]
-    best_src = np.full(len(ids), -1, dtype=np.intp)
+    best_src = np.full(len(uniq), -1, dtype=np.intp)
     best_src[item[first]] = np.where(part[first] > 0, src[first], -1)
-    ranked = sorted((-float(score[i]), ids[i], int(best_src[i])) for i in found)[:limit]
+    ranked = sorted(zip((-score[found]).tolist(), id_names(uniq[found]),
+                        best_src[found].tolist(), strict=True))[:limit]
     return [Candidate(cid, -neg, "co", srcs[b] if b >= 0 else "") for neg, cid, b in ranked]
+
+
+def id_names(ids: npt.NDArray[Any]) -> list[str]:
+    """Ids from a numpy array of UTF-8 bytes or of str."""
+    out = ids.tolist()
+    return [i.decode() for i in out] if ids.dtype.kind == "S" else out
