@@ -37,3 +37,21 @@ def event(
 def content(cid: str, *tags: str, title: str = "") -> Content:
     """A catalogue item with ``facet:label`` tags."""
     return Content(id=cid, title=title or f"item {cid}", tags=tuple(tags))
+
+
+def memory_app(app_id: str) -> Any:
+    """The worker's Faust app (``create_app``) on the in-memory adapters."""
+    from worker.adapters.memory import (
+        InMemoryContentStore,
+        InMemoryEmbeddingModel,
+        InMemoryEventBuffer,
+        InMemoryUserModelStore,
+    )
+    from worker.app import create_app
+    from worker.bootstrap import Adapters, build_services
+    from worker.settings import load_settings
+
+    adapters = Adapters(InMemoryEventBuffer(window_days=30), InMemoryUserModelStore(),
+                        InMemoryContentStore(), InMemoryEmbeddingModel(dim=8))
+    return create_app(load_settings(app_id=app_id, embedding="hash"),
+                      services=build_services(adapters))

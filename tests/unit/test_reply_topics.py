@@ -14,22 +14,7 @@ from typing import Any
 import pytest
 from faust.topics import Topic
 
-
-def _app(app_id: str) -> Any:
-    from worker.adapters.memory import (
-        InMemoryContentStore,
-        InMemoryEmbeddingModel,
-        InMemoryEventBuffer,
-        InMemoryUserModelStore,
-    )
-    from worker.app import create_app
-    from worker.bootstrap import Adapters, build_services
-    from worker.settings import load_settings
-
-    adapters = Adapters(InMemoryEventBuffer(window_days=30), InMemoryUserModelStore(),
-                        InMemoryContentStore(), InMemoryEmbeddingModel(dim=8))
-    return create_app(load_settings(app_id=app_id, embedding="hash"),
-                      services=build_services(adapters))
+from tests.factories import memory_app
 
 
 @pytest.fixture
@@ -45,7 +30,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
 
 
 def test_sends_by_name_reuse_one_topic_per_name(sent: list[tuple[Any, Any]]) -> None:
-    app = _app("reply-topics-a")
+    app = memory_app("reply-topics-a")
 
     async def go() -> None:
         await app.send("reply-1", value=b"a")
@@ -63,7 +48,7 @@ def test_sends_by_name_reuse_one_topic_per_name(sent: list[tuple[Any, Any]]) -> 
 
 def test_named_topics_kept_are_bounded_most_recent_first(
         sent: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    app = _app("reply-topics-b")
+    app = memory_app("reply-topics-b")
     monkeypatch.setattr(app, "NAMED_TOPICS_KEPT", 3)
 
     async def go() -> None:
@@ -83,7 +68,7 @@ def test_replies_to_one_name_leave_no_cyclic_garbage(monkeypatch: pytest.MonkeyP
         names.append(self.get_topic_name())  # keeps no reference to the topic
 
     monkeypatch.setattr(Topic, "send", send)
-    app = _app("reply-topics-c")
+    app = memory_app("reply-topics-c")
 
     async def go(n: int) -> None:
         for i in range(n):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.factories import memory_app
 from worker.stats import StageClock, Stats
 
 
@@ -32,27 +33,10 @@ def test_stats_timed_observes_even_when_the_block_raises() -> None:
     assert seen == [("apply", "total"), ("request", "ranking")]
 
 
-def _app(app_id: str):  # type: ignore[no-untyped-def]
-    from worker.adapters.memory import (
-        InMemoryContentStore,
-        InMemoryEmbeddingModel,
-        InMemoryEventBuffer,
-        InMemoryUserModelStore,
-    )
-    from worker.app import create_app
-    from worker.bootstrap import Adapters, build_services
-    from worker.settings import load_settings
-
-    adapters = Adapters(InMemoryEventBuffer(window_days=30), InMemoryUserModelStore(),
-                        InMemoryContentStore(), InMemoryEmbeddingModel(dim=8))
-    return create_app(load_settings(app_id=app_id, embedding="hash"),
-                      services=build_services(adapters))
-
-
 def test_two_apps_in_one_process_have_their_own_metrics() -> None:
     from worker.metrics import parse_metrics
 
-    a, b = _app("metrics-a"), _app("metrics-b")
+    a, b = memory_app("metrics-a"), memory_app("metrics-b")
     a.stats.records_consumed += 3
     a.stats.dead_lettered["invalid_json"] += 2
     a.stats.requests_failed += 1
