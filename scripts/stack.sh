@@ -358,8 +358,11 @@ kafka_start() {
 kafka_stop() {
     stop_pid kafka "$KAFKA_PID" "$KAFKA_MAIN"
     if [[ "${CLEAN:-0}" == 1 ]]; then
-        rm -rf "$KAFKA_DIR" "$STACK_DIR/kafka.port" "$STACK_DIR/kafka.controller.port"
-        log "kafka: removed $KAFKA_DIR"
+        # The worker's RocksDB table (make run's DATA_DIR) holds offsets of this
+        # cluster's changelog topics: it goes with the cluster.
+        rm -rf "$KAFKA_DIR" "$STACK_DIR/kafka.port" "$STACK_DIR/kafka.controller.port" \
+            "$STACK_DIR/worker-data"
+        log "kafka: removed $KAFKA_DIR and $STACK_DIR/worker-data"
     fi
 }
 

@@ -53,5 +53,5 @@ def memory_app(app_id: str) -> Any:
 
     adapters = Adapters(InMemoryEventBuffer(window_days=30), InMemoryUserModelStore(),
                         InMemoryContentStore(), InMemoryEmbeddingModel(dim=8))
-    return create_app(load_settings(app_id=app_id, embedding="hash"),
+    return create_app(load_settings(app_id=app_id, embedding="hash", table_store="memory://"),
                       services=build_services(adapters))

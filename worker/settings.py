@@ -43,7 +43,12 @@ class Settings(BaseSettings):
         None, description="Static group membership id (avoids rebalance storms on restart)."
     )
     web_port: int = Field(6066, ge=0, le=65535)
-    table_store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
+    table_store: str = Field(
+        "rocksdb://", pattern=r"^(memory|rocksdb)://$",
+        description="Faust table store: rocksdb:// (the table on disk under DATA_DIR, "
+        "with the changelog offset it holds: a restart reads back only what it missed) "
+        "or memory:// (in the worker's memory, the whole changelog re-read at start).",
+    )
     data_dir: Path = Path(".stack/worker-data")
 
     # --- Redis ---------------------------------------------------------------
