@@ -19,25 +19,30 @@ a batch once its effects are durable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-def weighted_slices(weights: Sequence[int], limit: int) -> list[range]:
-    """Split ``range(len(weights))`` into consecutive runs whose weights sum to at
-    most ``limit`` (an item heavier than ``limit`` makes a run of its own), so a
-    batch of messages can be worked on a bounded number of interactions at a
-    time, in order, without splitting a message."""
-    runs: list[range] = []
-    start, total = 0, 0
-    for i, w in enumerate(weights):
-        if i > start and total + w > limit:
-            runs.append(range(start, i))
-            start, total = i, 0
+def weighted_runs(items: Iterable[T], weight: Callable[[T], int], limit: int
+                  ) -> Iterator[list[T]]:
+    """Consecutive runs of ``items`` whose weights sum to at most ``limit`` (an
+    item heavier than ``limit`` makes a run of its own), in order, nothing split
+    or dropped. Lazy: ``items`` is read only as far as the run being yielded and
+    the first item of the next, so a batch of messages decoded on the way in
+    holds one run's decoded interactions at a time, not the whole batch's."""
+    run: list[T] = []
+    total = 0
+    for item in items:
+        w = weight(item)
+        if run and total + w > limit:
+            yield run
+            run, total = [], 0
+        run.append(item)
         total += w
-    if start < len(weights):
-        runs.append(range(start, len(weights)))
-    return runs
+    if run:
+        yield run
 
 
 async def take_batches(stream: Any, max_: int, *, linger: float = 0.0

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import faust
 import pytest
 
-from worker.batching import take_batches, weighted_slices
+from worker.batching import take_batches, weighted_runs
 
 
 @pytest.fixture
@@ -85,13 +85,35 @@ async def test_linger_waits_for_more_after_the_queue_emptied(
         assert got == [[1, 2]]
 
 
-def test_weighted_slices_keep_order_and_whole_items_within_the_limit() -> None:
-    assert weighted_slices([], 10) == []
-    assert weighted_slices([3, 3, 3, 3], 6) == [range(0, 2), range(2, 4)]
-    assert weighted_slices([0, 5, 0, 5, 1], 5) == [range(0, 3), range(3, 4), range(4, 5)]
+def _runs(weights: list[int], limit: int) -> list[list[int]]:
+    """Runs as lists of indexes into ``weights``."""
+    return [[i for i, _ in run] for run in
+            weighted_runs(enumerate(weights), lambda iw: iw[1], limit)]
+
+
+def test_weighted_runs_keep_order_and_whole_items_within_the_limit() -> None:
+    assert _runs([], 10) == []
+    assert _runs([3, 3, 3, 3], 6) == [[0, 1], [2, 3]]
+    assert _runs([0, 5, 0, 5, 1], 5) == [[0, 1, 2], [3], [4]]
     # an item heavier than the limit goes alone; nothing is split or dropped
-    assert weighted_slices([2, 50, 2], 10) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert _runs([2, 50, 2], 10) == [[0], [1], [2]]
     weights = [70, 1, 0, 300, 69, 70, 70, 2]
-    runs = weighted_slices(weights, 140)
+    runs = _runs(weights, 140)
     assert [i for r in runs for i in r] == list(range(len(weights)))
     assert all(sum(weights[i] for i in r) <= 140 or len(r) == 1 for r in runs)
+
+
+def test_weighted_runs_read_items_only_as_far_as_the_run_they_yield() -> None:
+    read: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    runs = weighted_runs(items(), lambda _: 4, 10)  # two items per run
+    assert next(runs) == [0, 1]
+    assert read == [0, 1, 2]  # the run, and the first item of the next
+    assert next(runs) == [2, 3]
+    assert read == [0, 1, 2, 3, 4]
+    assert [x for run in runs for x in run] == list(range(4, 10))
