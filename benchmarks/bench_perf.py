@@ -1042,6 +1042,37 @@ async def redis_memory(b: Bench, prefix: str, users: int, sample: int = 1000) ->
     }
 
 
+async def time_restart(b: Bench, env: dict[str, str], store: str,
+                       timeout: float = 600.0) -> dict[str, Any]:
+    """Start a worker on the state a finished run left (same app id and DATA_DIR)
+    with table store ``store``; seconds from spawn until /readyz answers 200 (the
+    web server starts once the signals table is recovered), and its RSS then."""
+    import aiohttp
+
+    port = free_port()
+    w = WorkerProcess({**env, "TABLE_STORE": store, "WEB_PORT": str(port)},
+                      b.workdir / f"restart-{store[:-3]}.log")
+    t0 = time.perf_counter()
+    w.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.perf_counter() - t0 < timeout:
+                check_alive(w)
+                with contextlib.suppress(Exception):
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                return {"ready_s": None, "timed_out_after_s": timeout}
+        ready_s = time.perf_counter() - t0
+        pid = w.proc.pid if w.proc else 0
+        return {"ready_s": round(ready_s, 2), "rss_mb_ready": round(rss_mb(pid), 1),
+                "read_changelog": "Restoring state from changelog topics" in w.log()}
+    finally:
+        w.stop()
+
+
 async def part_memory(b: Bench) -> None:
     from redis.asyncio import Redis
 
@@ -1070,6 +1101,17 @@ async def part_memory(b: Bench) -> None:
     await client.aclose()
     mem = await redis_memory(b, t.env["KEY_PREFIX"], a.users)
     t.worker.stop()
+    # The same state, restarted: first with the run's own store (RocksDB keeps the
+    # table in DATA_DIR), then with the other one (memory:// re-reads the changelog;
+    # a RocksDB store that did not run here starts empty and reads it too).
+    from worker.settings import Settings
+
+    store = (t.env.get("TABLE_STORE") or os.environ.get("TABLE_STORE")
+             or Settings.model_fields["table_store"].default)
+    restarts = {}
+    for st in (store, "memory://" if store != "memory://" else "rocksdb://"):
+        restarts[st] = await time_restart(b, t.env, st)
+        log(f"  restart with {st}: {restarts[st]}")
     small = t.result.get("rss_small") or {}
     b.out.update({
         "rss_mb_100k": small.get("rss_mb"),
@@ -1085,6 +1127,8 @@ async def part_memory(b: Bench) -> None:
         "events_per_user": round(gen.records / a.users, 1),
         "events_per_interaction": round(gen.records / gen.interactions, 5),
         "redis": mem,
+        "table_store": store,
+        "restart": restarts,
         "redis_used_memory_delta_per_user": round((used1 - used0) / max(mem["active_users"], 1)),
         "note": "used_memory is server-wide (other databases may change meanwhile); "
                 "redis_bytes_per_user is MEMORY USAGE of the user's own keys plus the "
@@ -1207,6 +1251,10 @@ HOW = {
         "to records) reach rss_small, and when every interaction of the replay is buffered",
     "redis_bytes_per_user": "MEMORY USAGE (SAMPLES 0) of sampled users' :z, :h, :i, :sig "
         "keys, plus pop/cnt/co:* keys divided by the active users, after the memory replay",
+    "restart": "details.memory.restart: after the memory replay, a worker started on its "
+        "state (same APP_ID and DATA_DIR) with each TABLE_STORE, the run's own first; "
+        "seconds from spawn to /readyz 200 (served once the table is recovered), RSS then, "
+        "and whether Faust logged reading the changelog back",
 }
 
 
