@@ -41,6 +41,9 @@ def cli() -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run the Faust worker (extra options go to Faust, e.g. -l info)."""
+    from worker.malloc import cap_malloc_arenas
+
+    cap_malloc_arenas()  # before Faust, RocksDB and Qdrant start their threads
     settings = _settings()
     from worker.app import create_app
     from worker.logs import configure_logging
