@@ -1335,7 +1335,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     b = Bench(args, broker, redis_url, run_id, workdir)
     client = Redis.from_url(redis_url)
-    await client.flushdb()
+    await client.flushdb(asynchronous=True)  # emptied at once, freed in the background
     redis_server = (await client.info("server"))["redis_version"]
     await client.aclose()
     started = datetime.now(UTC)
@@ -1364,9 +1364,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 n = await delete_run_topics(b)
                 log(f"deleted {n} topics of the run")
-            client = Redis.from_url(redis_url)
-            await client.flushdb()
-            await client.aclose()
+            # ASYNC: a 1M-event replay leaves ~2.5 GB in the database, and a
+            # synchronous FLUSHDB outlasted the client's read timeout (the run's
+            # figures were lost with it). A failed clean-up must not lose them.
+            with contextlib.suppress(Exception):
+                client = Redis.from_url(redis_url)
+                await client.flushdb(asynchronous=True)
+                await client.aclose()
             logs = ROOT / ".cache" / "bench" / "last-run-logs"
             shutil.rmtree(logs, ignore_errors=True)
             logs.mkdir(parents=True)
