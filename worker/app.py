@@ -187,10 +187,11 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-#: RocksDB table store, per partition database (Faust's defaults are sized for a
-#: machine of its own: 64 MB memtables, three of them, and a 2 GB block cache, per
-#: partition). Each user's signals are rewritten on every event, so memtables fill
-#: with overwritten values; small ones flush sooner and keep the worker's memory flat.
+#: RocksDB table store, per partition database. Faust's defaults (64 MB memtables,
+#: three of them, and a 2 GB block cache, per partition) would let 8 partitions
+#: take gigabytes. Each user's signals are rewritten on every event, so memtables
+#: fill with overwritten values and flush; with these, 8 partitions hold at most
+#: 64 MB of memtables and 64 MB of cache.
 ROCKSDB_OPTIONS: dict[str, int] = {
     "write_buffer_size": 4 * 1024 * 1024,
     "max_write_buffer_number": 2,
