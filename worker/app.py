@@ -252,7 +252,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         partitions=settings.topic_partitions,
         key_type=bytes,
         value_type=bytes,
-        options=dict(ROCKSDB_OPTIONS) if settings.table_store.startswith("rocksdb") else None,
+        options=dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb://" else None,
     )
     app.offset_guard = install_offset_guard(app)
     register_ingest(app, table)

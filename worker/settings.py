@@ -43,8 +43,8 @@ class Settings(BaseSettings):
         None, description="Static group membership id (avoids rebalance storms on restart)."
     )
     web_port: int = Field(6066, ge=0, le=65535)
-    table_store: str = Field(
-        "rocksdb://", pattern=r"^(memory|rocksdb)://$",
+    table_store: Literal["rocksdb://", "memory://"] = Field(
+        "rocksdb://",
         description="Faust table store: rocksdb:// (the table on disk under DATA_DIR, "
         "with the changelog offset it holds: a restart reads back only what it missed) "
         "or memory:// (in the worker's memory, the whole changelog re-read at start).",
