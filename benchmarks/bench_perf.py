@@ -369,6 +369,43 @@ async def scrape(session: Any, port: int) -> dict[str, float] | None:
     return {k.decode(): float(v) for k, v in _METRIC_RE.findall(body)}
 
 
+_STAGE_RE = re.compile(rb'^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)'
+                       rb'\{(?:agent="(\w+)"|path="(\w+)",stage="(\w+)")\} ([0-9.e+-]+)$', re.M)
+
+
+async def stage_totals(port: int) -> dict[str, dict[str, float]]:
+    """The worker's stage histograms as ``{"path/stage": {"sum": s, "count": n}}``
+    (``agent/total`` for whole batches); empty if /metrics is not answering."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}/metrics") as resp:
+            body = await resp.read()
+    except Exception:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for kind, agent, path, stage, value in _STAGE_RE.findall(body):
+        name = f"{agent.decode()}/total" if agent else f"{path.decode()}/{stage.decode()}"
+        out.setdefault(name, {})[kind.decode()] = float(value)
+    return out
+
+
+def stage_share(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                seconds: float) -> dict[str, dict[str, float]]:
+    """Per stage over a pass: how often it ran, its mean in ms, and its share of
+    the pass's wall time (the worker's main thread spent that fraction in it)."""
+    out = {}
+    for name, now in sorted(after.items()):
+        was = before.get(name, {})
+        n = now.get("count", 0.0) - was.get("count", 0.0)
+        total = now.get("sum", 0.0) - was.get("sum", 0.0)
+        if n > 0:
+            out[name] = {"count": int(n), "mean_ms": round(total / n * 1000, 2),
+                         "share_of_wall": round(total / seconds, 3)}
+    return out
+
+
 def check_alive(w: WorkerProcess) -> None:
     if w.proc is not None and w.proc.poll() is not None:
         raise RuntimeError(f"worker exited ({w.proc.returncode}):\n{w.log()[-3000:]}")
@@ -806,6 +843,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
     per_tick = max(1, round(rate * tick))
     tick = per_tick / rate
     lag_end = None
+    stages_before = await stage_totals(live.port)
     try:
         watcher.thread.start()
         watcher.ready.wait(5)
@@ -830,6 +868,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
                 sent += 1
         elapsed = time.perf_counter() - t0
         await producer.flush()
+        stages = stage_share(stages_before, await stage_totals(live.port), elapsed)
         with contextlib.suppress(Exception):
             lag_end = await group_lag(b.broker, live.env["APP_ID"],
                                       [topic, f"{live.env['APP_ID']}-interactions"])
@@ -849,6 +888,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
         "probes_seen": len(watcher.latencies), "probes_missing": watcher.in_flight(),
         "lag_when_producing_ended": lag_end,
         **latency_summary(watcher.latencies),
+        "worker_stages": stages,
     }
     log(f"  freshness at {rate:g}/s: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
         f"({len(watcher.latencies)}/{probes} probes, {summary['achieved_rate']} events/s "

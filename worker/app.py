@@ -12,6 +12,7 @@ import io
 import logging
 import signal
 import ssl
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -22,6 +23,7 @@ from worker.consumer_guard import OffsetGuard, install_offset_guard
 from worker.kafka_patches import apply_all as apply_kafka_patches
 from worker.kafka_patches import producer_state
 from worker.logs import faust_logging_config
+from worker.malloc import release_free_memory
 from worker.metrics import Metrics
 from worker.ops import OpsState, register_pages
 from worker.retry import RetryState
@@ -199,6 +201,24 @@ ROCKSDB_OPTIONS: dict[str, int] = {
 }
 
 
+def register_malloc_trim(app: RecsysApp, interval_s: float) -> None:
+    """Every ``interval_s``, give the heap's free memory back to the system, in a
+    thread (``worker/malloc.py`` says why); counted in ``recsys_malloc_trims_total``
+    and ``recsys_malloc_trim_seconds_total``."""
+    if interval_s <= 0:
+        return
+
+    @app.timer(interval=interval_s)
+    async def trim_malloc() -> None:
+        t0 = time.perf_counter()
+        released = await asyncio.to_thread(release_free_memory)
+        took = time.perf_counter() - t0
+        app.stats.malloc_trims += 1
+        app.stats.malloc_trim_seconds += took
+        log.debug("malloc_trim: %s in %.1f ms", "released memory" if released else "nothing",
+                  took * 1000)
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> RecsysApp:
     """The worker app with its topics, table and agents."""
     apply_kafka_patches()
@@ -260,6 +280,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
     if settings.web_port != 0:
         register_pages(app)
     register_watchdog(app)
+    register_malloc_trim(app, settings.malloc_trim_interval_s)
 
     @app.on_partitions_assigned.connect
     async def _log_assignment(sender: Any, assigned: Any, **_: Any) -> None:

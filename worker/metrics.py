@@ -75,6 +75,10 @@ class _AppCollector(Collector):
                            self.app.stats.producer_nudges)
             yield _counter("consumer_acks_refused", "Acks refused for records dropped "
                            "during a pause or from an older generation.", c.acks_refused)
+        yield _counter("malloc_trims", "Times the heap's free memory was given back to the "
+                       "system (MALLOC_TRIM_INTERVAL_S).", st.malloc_trims)
+        yield _counter("malloc_trim_seconds", "Time spent giving it back, in total (in a "
+                       "thread; allocations wait meanwhile).", st.malloc_trim_seconds)
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "Highwater minus committed offset, "
                                 "per assigned partition of the consumed topics.",
                                 labels=["topic", "partition"])

@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(
         15.0, ge=0, le=600, description="SIGTERM: how long to let in-flight events finish."
     )
+    malloc_trim_interval_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="Give the heap's free memory back to the system this often "
+        "(glibc malloc_trim; 0 disables).",
+    )
 
     @field_validator("kafka_broker")
     @classmethod

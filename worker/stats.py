@@ -32,6 +32,8 @@ class Stats:
     #: where a request's signals came from: "table", "redis" or "none" (unknown user)
     signals_lookups: Counter[str] = field(default_factory=Counter)
     producer_nudges: int = 0  # stuck Kafka producer senders woken by the watchdog
+    malloc_trims: int = 0  # times the heap's free memory was given back (worker/malloc.py)
+    malloc_trim_seconds: float = 0.0  # time those took, in total
     dead_lettered: Counter[str] = field(default_factory=Counter)
     last_applied_at: float = 0.0
     #: last time an agent finished (acked) a batch, message or request

@@ -99,7 +99,7 @@ def stack(kafka_broker: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def worker(stack: Stack) -> Iterator[WorkerProcess]:
     """One running worker for the module."""
-    proc = stack.worker("w1")
+    proc = stack.worker("w1", MALLOC_TRIM_INTERVAL_S="1")  # often enough to be seen
     proc.start()
     try:
         proc.wait_for_log("partitions assigned: ", timeout=120)

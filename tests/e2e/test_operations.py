@@ -115,7 +115,8 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
               and delta(after, "recsys_interactions_written_total") >= n
               and delta(after, "recsys_interactions_redelivered_total") >= 1
               and delta(after, "recsys_dead_lettered_total{reason=invalid_json}") >= 1
-              and delta(after, "recsys_requests_total{outcome=served}") >= 1)
+              and delta(after, "recsys_requests_total{outcome=served}") >= 1
+              and delta(after, "recsys_malloc_trims_total") >= 1)
         return after if ok else None
 
     after = await eventually(moved, what="counters to move")
@@ -133,6 +134,7 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
     assert any(f"topic={stack.requests_topic}" in k for k in lags), lags
     assert all(v >= 0 for v in lags.values())
     assert after["recsys_assigned_partitions"] >= 3
+    assert 0 < after["recsys_malloc_trim_seconds_total"] < after["recsys_malloc_trims_total"]
     assert after["recsys_retry_in_progress"] == 0
     assert after["recsys_last_progress_timestamp_seconds"] > time.time() - 120
     # One line per batch with dead letters, with the reasons.
