@@ -83,11 +83,11 @@ class Settings(BaseSettings):
     # --- Behaviour --------------------------------------------------------------
     batch_size: int = Field(500, ge=1, le=10_000)
     batch_within_ms: int = Field(
-        5, ge=0, le=5_000,
+        0, ge=0, le=5_000,
         description="Once every fetched raw record is in the ingest batch, wait this long "
         "for more (0: go at once).")
     apply_within_ms: int = Field(
-        2, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
+        0, ge=0, le=5_000, description="The same wait for the apply agent's batches.")
     apply_max_interactions: int = Field(
         5_000, ge=1, le=1_000_000,
         description="The apply agent works on at most this many interactions at a time "
