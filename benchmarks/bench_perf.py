@@ -369,8 +369,8 @@ async def scrape(session: Any, port: int) -> dict[str, float] | None:
     return {k.decode(): float(v) for k, v in _METRIC_RE.findall(body)}
 
 
-_STAGE_RE = re.compile(rb'^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)'
-                       rb'\{(?:agent="(\w+)"|path="(\w+)",stage="(\w+)")\} ([0-9.e+-]+)$', re.M)
+_STAGE_KEY = re.compile(r"^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)"
+                        r"\{(?:agent=(\w+)|path=(\w+),stage=(\w+))\}$")
 
 
 async def stage_totals(port: int) -> dict[str, dict[str, float]]:
@@ -378,16 +378,21 @@ async def stage_totals(port: int) -> dict[str, dict[str, float]]:
     (``agent/total`` for whole batches); empty if /metrics is not answering."""
     import aiohttp
 
+    from worker.metrics import parse_metrics
+
     try:
         async with aiohttp.ClientSession() as session, session.get(
                 f"http://127.0.0.1:{port}/metrics") as resp:
-            body = await resp.read()
+            text = await resp.text()
     except Exception:
         return {}
     out: dict[str, dict[str, float]] = {}
-    for kind, agent, path, stage, value in _STAGE_RE.findall(body):
-        name = f"{agent.decode()}/total" if agent else f"{path.decode()}/{stage.decode()}"
-        out.setdefault(name, {})[kind.decode()] = float(value)
+    for key, value in parse_metrics(text).items():
+        found = _STAGE_KEY.match(key)
+        if found:
+            kind, agent, path, stage = found.groups()
+            name = f"{agent}/total" if agent else f"{path}/{stage}"
+            out.setdefault(name, {})[kind] = float(value)
     return out
 
 

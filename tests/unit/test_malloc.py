@@ -1,4 +1,5 @@
-"""cap_malloc_arenas: glibc's mallopt, unless MALLOC_ARENA_MAX says otherwise."""
+"""worker/malloc.py: the arena cap (glibc's mallopt, unless MALLOC_ARENA_MAX says
+otherwise) and giving free heap memory back (malloc_trim)."""
 
 from __future__ import annotations
 
