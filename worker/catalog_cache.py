@@ -21,6 +21,12 @@ from worker.recsys_core.types import Candidate, Content, Vector
 
 #: Tag searches kept by ``CachedContentStore`` (a few hundred candidates each).
 TAG_SEARCHES_KEPT = 2048
+#: A tag search that misses the cache asks for its limit rounded up to a multiple
+#: of this. Serving's limit is ``k x candidate_multiplier`` plus what the user has
+#: seen, so it differs from user to user: an answer kept for exactly one user's
+#: limit missed for the next user with the same top tags and one more seen item
+#: (measured: 385 of 1,000 requests scrolled the catalogue, ~1.3 ms each).
+TAG_SEARCH_STEP = 64
 
 
 class CachedContentStore:
@@ -83,7 +89,9 @@ class CachedContentStore:
     async def search_tags(self, tag_keys: Sequence[str], *, limit: int) -> list[Candidate]:
         """Cached by the tag keys (users share their top tags). A tag search is a
         filter scrolled in point id order, so the first ``limit`` items of a
-        longer cached answer are the answer for ``limit``.
+        longer cached answer are the answer for ``limit``: a miss asks for
+        ``limit`` rounded up to a multiple of ``TAG_SEARCH_STEP``, so that users
+        who share those tags, whose limits differ by a few seen items, hit.
 
         An answer is kept as tuples of strings and floats, not as ``Candidate``
         objects: the garbage collector stops tracking such tuples after their
@@ -95,9 +103,10 @@ class CachedContentStore:
             asked, kept = cast(tuple[int, _Kept], hit)
             if limit <= asked or len(kept[0]) < asked:
                 return _candidates(kept, limit)
-        found = await self.inner.search_tags(tag_keys, limit=limit)
-        self._tag_searches.put(key, (limit, _kept(found)))
-        return found[:]
+        ask = -(-limit // TAG_SEARCH_STEP) * TAG_SEARCH_STEP
+        found = await self.inner.search_tags(tag_keys, limit=ask)
+        self._tag_searches.put(key, (ask, _kept(found)))
+        return found[:limit]
 
 
 #: Candidates as parallel tuples: ids, scores, sources, details.
