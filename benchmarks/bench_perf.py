@@ -411,6 +411,39 @@ def stage_share(before: dict[str, dict[str, float]], after: dict[str, dict[str, 
     return out
 
 
+def cpu_seconds(pid: int) -> dict[str, float] | None:
+    """CPU seconds (user + system) the process has used, all threads, and its main
+    thread's (the event loop) alone, from /proc; None where /proc is not Linux's."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    try:
+        return {"process": read(f"/proc/{pid}/stat"), "main": read(f"/proc/{pid}/task/{pid}/stat")}
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_share(before: dict[str, float] | None, after: dict[str, float] | None,
+              seconds: float) -> dict[str, float] | None:
+    """Cores the worker used over a pass: the process, its main thread (asyncio
+    loop: the agents, the producer, Redis and Qdrant calls) and its other threads
+    (Faust's consumer thread, RocksDB, the trim). The main thread near 1.0 is a
+    saturated loop: latency is then queueing."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    process = (after["process"] - before["process"]) / seconds
+    main = (after["main"] - before["main"]) / seconds
+    return {"process_cores": round(process, 3), "main_thread_cores": round(main, 3),
+            "other_threads_cores": round(process - main, 3)}
+
+
+def worker_pid(w: WorkerProcess) -> int | None:
+    return w.proc.pid if w.proc is not None else None
+
+
 def check_alive(w: WorkerProcess) -> None:
     if w.proc is not None and w.proc.poll() is not None:
         raise RuntimeError(f"worker exited ({w.proc.returncode}):\n{w.log()[-3000:]}")
@@ -849,6 +882,8 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
     tick = per_tick / rate
     lag_end = None
     stages_before = await stage_totals(live.port)
+    pid = worker_pid(live.worker)
+    cpu_before = cpu_seconds(pid) if pid else None
     try:
         watcher.thread.start()
         watcher.ready.wait(5)
@@ -872,6 +907,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
                 await producer.send(topic, key=key, value=value)
                 sent += 1
         elapsed = time.perf_counter() - t0
+        cpu = cpu_share(cpu_before, cpu_seconds(pid) if pid else None, elapsed)
         await producer.flush()
         stages = stage_share(stages_before, await stage_totals(live.port), elapsed)
         with contextlib.suppress(Exception):
@@ -894,10 +930,11 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
         "lag_when_producing_ended": lag_end,
         **latency_summary(watcher.latencies),
         "worker_stages": stages,
+        "worker_cpu": cpu,
     }
     log(f"  freshness at {rate:g}/s: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
         f"({len(watcher.latencies)}/{probes} probes, {summary['achieved_rate']} events/s "
-        f"sent, lag {lag_end} when producing ended)")
+        f"sent, lag {lag_end} when producing ended; worker cpu {cpu})")
     return summary, watcher.latencies
 
 
@@ -951,6 +988,8 @@ async def part_requests(b: Bench) -> None:
         errors: Counter[str] = Counter()
         nxt = 0
         t0 = time.perf_counter() + 0.05
+        pid = worker_pid(live.worker)
+        cpu_before = cpu_seconds(pid) if pid else None
 
         async def runner() -> None:
             nonlocal nxt
@@ -977,12 +1016,13 @@ async def part_requests(b: Bench) -> None:
 
         await asyncio.gather(*(runner() for _ in range(a.concurrency)))
         elapsed = time.perf_counter() - t0
+        cpu = cpu_share(cpu_before, cpu_seconds(pid) if pid else None, elapsed)
         summ = {"offered_rate": rate, "concurrency": a.concurrency, "requests": n,
                 "achieved_rate": round((len(lat) + sum(errors.values())) / elapsed, 1),
                 "errors": dict(errors), "k": 10, **latency_summary(lat),
-                "from_schedule": latency_summary(lat_sched)}
+                "from_schedule": latency_summary(lat_sched), "worker_cpu": cpu}
         log(f"  requests at {rate:g}/s: p50 {summ['p50_ms']} ms, p99 {summ['p99_ms']} ms "
-            f"({len(lat)}/{n} answered, errors {dict(errors)})")
+            f"({len(lat)}/{n} answered, errors {dict(errors)}; worker cpu {cpu})")
         return summ, lat
 
     log(f"requests: {a.request_rate}/s for {a.duration}s at concurrency {a.concurrency}")
@@ -1021,6 +1061,7 @@ async def part_requests(b: Bench) -> None:
                                                  or await adapters.users.get_signals(u))
         ilat: list[float] = []
         same = compared = 0
+        cpu0 = time.process_time()
         for u in users[:m]:
             t = time.perf_counter()
             rec = await services.recommender.recommend(Request(u, 10), signals[u])
@@ -1028,15 +1069,17 @@ async def part_requests(b: Bench) -> None:
             if u in replies and compared < 500:
                 compared += 1
                 same += [it.content_id for it in rec.items] == replies[u]
+        cpu_ms = (time.process_time() - cpu0) * 1000 / max(m, 1)
     finally:
         await adapters.aclose()
     inp = latency_summary(ilat)
     b.out.update({"inprocess_p50_ms": inp["p50_ms"], "inprocess_p99_ms": inp["p99_ms"]})
     b.details["inprocess"] = {**inp, "same_items_as_worker": f"{same}/{compared}",
-                              "mode": "sequential, closed loop"}
+                              "mode": "sequential, closed loop",
+                              "cpu_ms_per_request": round(cpu_ms, 2)}
     b.series["inprocess_ms"] = sorted(round(x * 1000, 3) for x in ilat)
-    log(f"  in-process p50 {inp['p50_ms']} ms, p99 {inp['p99_ms']} ms "
-        f"(same items as the worker for {same}/{compared} users)")
+    log(f"  in-process p50 {inp['p50_ms']} ms, p99 {inp['p99_ms']} ms, cpu {cpu_ms:.2f} ms "
+        f"per request (same items as the worker for {same}/{compared} users)")
 
 
 async def redis_memory(b: Bench, prefix: str, users: int, sample: int = 1000) -> dict[str, Any]:
@@ -1285,12 +1328,17 @@ HOW = {
         "that user has). Latency = from just before producer.send to the Redis keyspace "
         "notification of the SET of the user's :sig key whose saved as_of >= the probe's "
         "event time (checked with a GET), seen by a listener thread in the bench process",
+    "worker_cpu": "details.freshness*.worker_cpu and details.requests*.worker_cpu: CPU seconds "
+        "(utime + stime, /proc/<pid>/stat and /proc/<pid>/task/<pid>/stat) the worker used "
+        "while the load was offered, divided by that time: the process, its main thread "
+        "(the asyncio loop) and the rest (Faust's consumer thread, RocksDB, the trim)",
     "request": "RecsysClient over the reply topic, open-loop schedule at the offered rate, "
         "at most `concurrency` in flight; latency from the call to the reply (from_schedule: "
         "from the scheduled time); users drawn from those with signals; k=10, no query",
     "inprocess": "Recommender.recommend from build_services(build_adapters(settings)) on the "
         "worker's Redis prefix and a copy of its Qdrant, the user's signals read beforehand "
-        "(untimed); sequential",
+        "(untimed); sequential; cpu_ms_per_request is the bench process's CPU time over "
+        "the loop divided by the requests",
     "rss": "VmRSS (/proc/<pid>/status) of a cold worker replaying a pre-loaded topic: at the "
         "first scrape (every 250 ms) where the applied events (interactions_written scaled "
         "to records) reach rss_small, and when every interaction of the replay is buffered",
