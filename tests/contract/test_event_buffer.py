@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.conftest import fresh_redis
 from tests.factories import T0, event
+from worker.adapters import redis_store
 from worker.adapters.memory import InMemoryEventBuffer
 from worker.adapters.redis_store import RedisEventBuffer
 from worker.recsys_core.cointeraction import co_interaction_candidates
@@ -276,3 +278,29 @@ async def test_serving_reads_of_item_stats_are_reused_for_the_cache_time(redis_u
         now[0] += 0.2  # expired: read again
         assert await buf.co_candidates(weights, per_item=4, limit=20) == changed
         assert await buf.popular(5) == await uncached.popular(5)
+
+
+async def test_co_candidates_stay_exact_when_the_id_codes_start_over(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cached co-interaction rows hold their partners as integer codes. When the
+    code table passes ``CO_ID_CODES_MAX`` it starts over, and rows coded by the
+    old table are read again: the answers, also of calls that were waiting on
+    Redis at that moment, stay those of an uncached store."""
+    monkeypatch.setattr(redis_store, "CO_ID_CODES_MAX", 3)
+    async with fresh_redis(redis_url) as client:
+        buf = RedisEventBuffer(client, stats_cache_s=60.0, clock=lambda: 0.0)
+        uncached = RedisEventBuffer(client)
+        await buf.append_many([event(user=f"u{u}", content=str((u * 7 + i * 3) % 13), days=i)
+                               for u in range(12) for i in range(6)])
+        sets = [[("1", 2.5), ("4", 1.0)], [("7", 0.3), ("12", 1.7)],
+                [("1", 1.0), ("12", 2.0), ("3", 0.5)]]
+        want = [await uncached.co_candidates(w, per_item=4, limit=20) for w in sets]
+        assert all(want)
+        tables = []
+        for _ in range(3):
+            got = await asyncio.gather(*(buf.co_candidates(w, per_item=4, limit=20)
+                                         for w in sets))
+            assert got == want
+            tables.append(buf._id_codes)
+        assert tables[0] is not tables[-1]  # it started over

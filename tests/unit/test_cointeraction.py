@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.factories import event
+from worker.recsys_core import cointeraction
 from worker.recsys_core.cointeraction import (
     co_interaction_candidates,
     is_engaging,
@@ -51,7 +52,8 @@ def _as_pairs(rows: dict[str, dict[str, float]]) -> dict[str, tuple[list[str], l
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_top_co_candidates_equal_the_reference_exactly(seed: int) -> None:
+def test_top_co_candidates_equal_the_reference_exactly(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same candidates, same order, same floats (bit for bit), same details."""
     rng = random.Random(seed)
     items = [f"i{n}" for n in range(rng.randint(1, 60))]
@@ -73,11 +75,29 @@ def test_top_co_candidates_equal_the_reference_exactly(seed: int) -> None:
     # ... and as the Redis store keeps them: numpy arrays of UTF-8 bytes.
     as_bytes = {s: (np.array([i.encode() for i in ids], dtype="S"), np.array(co),
                     np.array(n)) for s, (ids, co, n) in with_counts.items()}
+    # ... or as integer codes into a table of names (in any order, with names no
+    # row uses): summed in one bin per code, or, for a large table, per distinct code.
+    names = [f"other{n}" for n in range(rng.randint(0, 50))] + items
+    rng.shuffle(names)
+    code = {name: c for c, name in enumerate(names)}
+    as_codes = {s: (np.array([code[i] for i in ids], dtype=np.intp), np.array(co),
+                    np.array(n)) for s, (ids, co, n) in with_counts.items()}
+    codes_only = {s: (np.array([code[i] for i in ids], dtype=np.intp), np.array(co))
+                  for s, (ids, co, _) in with_counts.items()}
     for limit in (0, 1, 3, 10, 1000):
         assert top_co_interaction_candidates(weights, _as_pairs(rows), counts, limit) == \
             ref[:limit]
         assert top_co_interaction_candidates(weights, with_counts, own, limit) == ref[:limit]
         assert top_co_interaction_candidates(weights, as_bytes, own, limit) == ref[:limit]
+        assert top_co_interaction_candidates(weights, as_codes, own, limit,
+                                             names=names) == ref[:limit]
+        assert top_co_interaction_candidates(weights, codes_only, counts, limit,
+                                             names=names) == ref[:limit]
+        with monkeypatch.context() as m:  # the np.unique path for large tables
+            m.setattr(cointeraction, "DIRECT_BINS_MAX", 0)
+            big = names + [f"pad{n}" for n in range(16 * 60 * 12)]
+            assert top_co_interaction_candidates(weights, as_codes, own, limit,
+                                                 names=big) == ref[:limit]
 
 
 def test_top_co_candidates_without_usable_sources() -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 import numpy as np
+import numpy.typing as npt
 import orjson
 import redis.exceptions as rexc
 
@@ -207,6 +208,50 @@ _F64 = np.ndarray[Any, np.dtype[np.float64]]
 _Ids = np.ndarray[Any, np.dtype[Any]]
 
 
+#: Content ids coded for the co-interaction rows before the coding starts over
+#: (``_IdCodes``; ~200 bytes each: a catalogue's active items, not every id).
+CO_ID_CODES_MAX = 250_000
+
+
+class _IdCodes:
+    """Content ids as small integers, for the co-interaction rows: recall then
+    tells thousands of partners apart by their codes (``np.bincount`` over the
+    codes) instead of sorting their ids as byte strings, which took 16 % of a
+    request's CPU. A row keeps its partners as an int32 array (4 bytes each,
+    not a 16-byte string), valid only with the ``_IdCodes`` that coded it."""
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self) -> None:
+        self.codes: dict[Any, int] = {}
+        self.names: list[str] = []
+
+    def code(self, members: Sequence[Any]) -> npt.NDArray[np.int32]:
+        out = list(map(self.codes.get, members))
+        if None in out:
+            for i, (member, c) in enumerate(zip(members, out, strict=True)):
+                if c is None:
+                    c = self.codes.get(member)
+                    if c is None:
+                        c = self.codes[member] = len(self.names)
+                        self.names.append(member.decode() if isinstance(member, bytes)
+                                          else member)
+                    out[i] = c
+        return np.array(out, dtype=np.int32)
+
+
+def _co_row(reply: list[Any], ids: _IdCodes) -> tuple[npt.NDArray[np.int32], _F64]:
+    """A raw ``ZRANGE ... WITHSCORES`` reply (see ``_zset_row``) with its members
+    coded by ``ids``."""
+    if not reply:
+        return np.empty(0, dtype=np.int32), np.empty(0)
+    if isinstance(reply[0], list | tuple):
+        members, scores = zip(*reply, strict=True)
+    else:
+        members, scores = reply[0::2], reply[1::2]
+    return ids.code(members), np.array(scores, dtype=np.float64)
+
+
 def _zset_row(reply: list[Any]) -> tuple[_Ids, _F64]:
     """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
     ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``.
@@ -289,6 +334,7 @@ class RedisEventBuffer:
         self._popular_cache = Expiring(16, stats_cache_s, clock) if stats_cache_s > 0 else None
         self._co_cache = (Expiring(stats_cache_rows, stats_cache_s, clock)
                           if stats_cache_s > 0 else None)
+        self._id_codes = _IdCodes()
 
     def _keys(self, user_id: str) -> list[str]:
         return [user_key(self._prefix, user_id, "z"), user_key(self._prefix, user_id, "h")]
@@ -397,8 +443,9 @@ class RedisEventBuffer:
         interaction count, in two round trips: ``(rows, counts)``."""
         if not item_ids:
             return {}, {}
-        rows, counts = await self._co_reads(item_ids, per_item, cached=False)
-        named = {cid: (id_names(ids), co, n) for cid, (ids, co, n) in rows.items()}
+        rows, counts, names = await self._co_reads(item_ids, per_item, cached=False)
+        named = {cid: ([names[c] for c in ids.tolist()], co, n)
+                 for cid, (ids, co, n) in rows.items()}
         for ids, _, n in named.values():
             counts.update((i, c) for i, c in zip(ids, n.tolist(), strict=True) if c > 0)
         return {cid: dict(zip(ids, co.tolist(), strict=True))
@@ -417,22 +464,27 @@ class RedisEventBuffer:
         w = dict(weights)
         if not w or limit <= 0:
             return []
-        rows, counts = await self._co_reads(list(w), per_item, cached=True)
-        return top_co_interaction_candidates(w, rows, counts, limit)
+        rows, counts, names = await self._co_reads(list(w), per_item, cached=True)
+        return top_co_interaction_candidates(w, rows, counts, limit, names=names)
 
     async def _co_reads(
         self, item_ids: Sequence[str], per_item: int, *, cached: bool
-    ) -> tuple[dict[str, tuple[_Ids, _F64, _F64]], dict[str, float]]:
+    ) -> tuple[dict[str, tuple[_Ids, _F64, _F64]], dict[str, float], list[str]]:
         """Each item's strongest partners as ``(ids, co-interaction counts, the
-        partners' interaction counts)``, and the items' own interaction counts
-        (items never engaged with are left out).
+        partners' interaction counts)``, the items' own interaction counts
+        (items never engaged with are left out), and the names of the partners'
+        codes (``ids`` holds codes: ``names[code]``; see ``_IdCodes``).
 
         Two round trips on one connection, packed by hiredis, for the items not
         in the cache (when ``cached`` and the cache is on): the rows, then the
         interaction count of every item involved. A row stays three numpy
-        arrays (ids as bytes): the work per partner is numpy's, and a cached
+        arrays (ids as codes): the work per partner is numpy's, and a cached
         row is not a list of thousands of objects for the garbage collector to
-        walk on every young collection."""
+        walk on every young collection. A call codes every row it returns with
+        one ``_IdCodes`` (a cached row coded by an earlier one is read again)."""
+        codes = self._id_codes
+        if len(codes.names) > CO_ID_CODES_MAX:  # start over: the old rows miss
+            codes = self._id_codes = _IdCodes()
         rows: dict[str, tuple[_Ids, _F64, _F64]] = {}
         counts: dict[str, float] = {}
         todo: list[str] = []
@@ -440,19 +492,19 @@ class RedisEventBuffer:
         now = cache.clock() if cache is not None else 0.0
         for cid in dict.fromkeys(item_ids):
             hit = cache.get((cid, per_item), now) if cache is not None else MISSING
-            if hit is MISSING:
+            if hit is MISSING or cast(tuple[Any, ...], hit)[4] is not codes:
                 todo.append(cid)
                 continue
-            ids, co, n, own = cast(tuple[_Ids, _F64, _F64, float], hit)
+            ids, co, n, own, _ = cast(tuple[_Ids, _F64, _F64, float, _IdCodes], hit)
             rows[cid] = (ids, co, n)
             if own > 0:
                 counts[cid] = own
         if not todo:
-            return rows, counts
-        fresh: list[tuple[_Ids, _F64]] = [(np.empty(0, dtype="S1"), np.empty(0))] * len(todo)
+            return rows, counts, codes.names
+        fresh: list[tuple[_Ids, _F64]] = [(np.empty(0, dtype=np.int32), np.empty(0))] * len(todo)
 
         def row(i: int, reply: Any) -> None:
-            fresh[i] = _zset_row(reply)
+            fresh[i] = _co_row(reply, codes)
 
         try:
             await self._packed_calls(
@@ -462,10 +514,11 @@ class RedisEventBuffer:
             if partners:
                 uniq, at = np.unique(np.concatenate(partners), return_inverse=True)
             else:
-                uniq, at = np.empty(0, dtype="S1"), np.empty(0, dtype=np.intp)
+                uniq, at = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.intp)
+            names = codes.names
             (scores,) = await self._packed_calls(
                 [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *todo,
-                                       *uniq.tolist()))])
+                                       *[names[c] for c in uniq.tolist()]))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         found = _counts(scores)
@@ -478,8 +531,8 @@ class RedisEventBuffer:
             if own > 0:
                 counts[cid] = own
             if cache is not None:
-                cache.put((cid, per_item), (ids, co, n, own))
-        return rows, counts
+                cache.put((cid, per_item), (ids, co, n, own, codes))
+        return rows, counts, codes.names
 
     async def _packed_calls(
         self, packed: list[bytes], each: Callable[[int, Any], None] | None = None

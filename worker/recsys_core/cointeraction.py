@@ -85,11 +85,20 @@ def co_interaction_candidates(
     return [Candidate(cid, s, "co", best[cid][1]) for cid, s in ranked]
 
 
+#: Integer-coded partner ids (``names`` given) are summed in an array of
+#: ``len(names)`` bins, one per code, when there are at most this many codes (or
+#: at most 16 per partner entry); above that the codes in use are told apart by
+#: ``np.unique`` (a sort of integers).
+DIRECT_BINS_MAX = 65_536
+
+
 def top_co_interaction_candidates(
     weights: Mapping[str, float],
     rows: Mapping[str, tuple[_Ids, _Floats] | tuple[_Ids, _Floats, _Floats]],
     counts: Mapping[str, float],
     limit: int,
+    *,
+    names: Sequence[str] | None = None,
 ) -> list[Candidate]:
     """``co_interaction_candidates(weights, rows, counts)[:limit]``, vectorised.
 
@@ -99,13 +108,16 @@ def top_co_interaction_candidates(
     up in ``counts`` (which then needs only the items of ``rows``). The
     partners may be a numpy array of UTF-8 bytes (``dtype="S"``, what the
     Redis store keeps: no Python object per partner; ids never end in NUL) or
-    of str, or a sequence of str, the same kind in every row.
+    of str, or a sequence of str, the same kind in every row; or integer codes
+    (``names[code]`` is the id), which spares the sort of byte strings that
+    telling thousands of partners apart otherwise takes (~0.75 ms for 4,200
+    partners, 70 % of this function).
 
     The result is identical, floats included: every part is the same IEEE
     expression, and each item's parts are summed in the same order (items
     sorted by id, then row order; ``np.bincount`` adds its weights one after
-    another). Items are told apart by ``np.unique``, and only the top
-    ``limit`` are sorted, named and built.
+    another). Items are told apart by their codes, else by ``np.unique``, and
+    only the top ``limit`` are sorted, named and built.
     """
     if limit <= 0:
         return []
@@ -114,16 +126,34 @@ def top_co_interaction_candidates(
     if not srcs:
         return []
     ids = np.concatenate([np.asarray(rows[s][0]) for s in srcs])
-    # An item's group: its index among the distinct ids (any labelling gives the
-    # same sums, since bincount adds in position order).
-    uniq, group = np.unique(ids, return_inverse=True)
+    # An item's group: any labelling of the distinct ids gives the same sums,
+    # since bincount adds in position order. Coded ids label themselves.
+    labels: npt.NDArray[Any] | None  # label -> what ``names`` or ``ids`` hold
+    if names is not None:
+        if len(names) <= DIRECT_BINS_MAX or len(names) <= 16 * len(ids):
+            labels, group, bins = None, ids.astype(np.intp, copy=False), len(names)
+        else:
+            labels, group = np.unique(ids, return_inverse=True)
+            bins = len(labels)
+
+        def named(found: npt.NDArray[Any]) -> list[str]:
+            codes = found if labels is None else labels[found]
+            return [names[c] for c in codes.tolist()]
+    else:
+        labels, group = np.unique(ids, return_inverse=True)
+        bins = len(labels)
+
+        def named(found: npt.NDArray[Any]) -> list[str]:
+            assert labels is not None
+            return id_names(labels[found])
     group = group.reshape(-1)
     if all(len(rows[s]) > 2 for s in srcs):
         n = np.concatenate([np.asarray(rows[s][2], dtype=np.float64)  # type: ignore[misc]
                             for s in srcs])
     else:
-        n = np.fromiter(map(counts.get, id_names(ids), repeat(0.0)), dtype=np.float64,
-                        count=len(ids))
+        n = np.fromiter(map(counts.get, id_names(ids) if names is None
+                            else [names[c] for c in ids.tolist()], repeat(0.0)),
+                        dtype=np.float64, count=len(ids))
     co = np.concatenate([np.asarray(rows[s][1], dtype=np.float64) for s in srcs])
     src = np.repeat(np.arange(len(srcs)), [len(rows[s][0]) for s in srcs])
     ok = n > 0
@@ -131,8 +161,8 @@ def top_co_interaction_candidates(
     w = np.array([weights[s] for s in srcs], dtype=np.float64)[src]
     n_src = np.array([counts[s] for s in srcs], dtype=np.float64)[src]
     part = w * co[ok] / np.sqrt(n_src * n[ok])
-    score = np.bincount(item, weights=part, minlength=len(uniq))
-    found = np.flatnonzero(np.bincount(item, minlength=len(uniq)))
+    score = np.bincount(item, weights=part, minlength=bins)
+    found = np.flatnonzero(np.bincount(item, minlength=bins))
     if not len(found):
         return []
     if len(found) > limit:  # keep the top ``limit`` scores, ties at the cut included
@@ -141,14 +171,14 @@ def top_co_interaction_candidates(
         found = found[top_scores >= cut]
     # The detail, for the items kept: the first source with the item's largest
     # part (a stable sort by item, then part descending, puts it first).
-    kept = np.zeros(len(uniq), dtype=bool)
+    kept = np.zeros(bins, dtype=bool)
     kept[found] = True
     sel = np.flatnonzero(kept[item])
     order = sel[np.lexsort((-part[sel], item[sel]))]
     first = order[np.r_[True, item[order][1:] != item[order][:-1]]]
-    best_src = np.full(len(uniq), -1, dtype=np.intp)
+    best_src = np.full(bins, -1, dtype=np.intp)
     best_src[item[first]] = np.where(part[first] > 0, src[first], -1)
-    ranked = sorted(zip((-score[found]).tolist(), id_names(uniq[found]),
+    ranked = sorted(zip((-score[found]).tolist(), named(found),
                         best_src[found].tolist(), strict=True))[:limit]
     return [Candidate(cid, -neg, "co", srcs[b] if b >= 0 else "") for neg, cid, b in ranked]
 
