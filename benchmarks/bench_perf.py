@@ -411,10 +411,13 @@ def stage_share(before: dict[str, dict[str, float]], after: dict[str, dict[str, 
     return out
 
 
-def cpu_seconds(pid: int) -> dict[str, float] | None:
-    """CPU seconds (user + system) the process has used, all threads, and its main
-    thread's (the event loop) alone, from /proc; None where /proc is not Linux's."""
-    tick = os.sysconf("SC_CLK_TCK")
+def cpu_seconds(w: WorkerProcess) -> dict[str, float] | None:
+    """CPU seconds (user + system) the worker has used, all threads, and its main
+    thread's (the event loop) alone, from /proc; None if it is not running or
+    /proc is not Linux's."""
+    if w.proc is None:
+        return None
+    pid, tick = w.proc.pid, os.sysconf("SC_CLK_TCK")
 
     def read(path: str) -> float:
         fields = Path(path).read_text().rsplit(")", 1)[1].split()
@@ -438,10 +441,6 @@ def cpu_share(before: dict[str, float] | None, after: dict[str, float] | None,
     main = (after["main"] - before["main"]) / seconds
     return {"process_cores": round(process, 3), "main_thread_cores": round(main, 3),
             "other_threads_cores": round(process - main, 3)}
-
-
-def worker_pid(w: WorkerProcess) -> int | None:
-    return w.proc.pid if w.proc is not None else None
 
 
 def check_alive(w: WorkerProcess) -> None:
@@ -882,8 +881,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
     tick = per_tick / rate
     lag_end = None
     stages_before = await stage_totals(live.port)
-    pid = worker_pid(live.worker)
-    cpu_before = cpu_seconds(pid) if pid else None
+    cpu_before = cpu_seconds(live.worker)
     try:
         watcher.thread.start()
         watcher.ready.wait(5)
@@ -907,7 +905,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
                 await producer.send(topic, key=key, value=value)
                 sent += 1
         elapsed = time.perf_counter() - t0
-        cpu = cpu_share(cpu_before, cpu_seconds(pid) if pid else None, elapsed)
+        cpu = cpu_share(cpu_before, cpu_seconds(live.worker), elapsed)
         await producer.flush()
         stages = stage_share(stages_before, await stage_totals(live.port), elapsed)
         with contextlib.suppress(Exception):
@@ -988,8 +986,7 @@ async def part_requests(b: Bench) -> None:
         errors: Counter[str] = Counter()
         nxt = 0
         t0 = time.perf_counter() + 0.05
-        pid = worker_pid(live.worker)
-        cpu_before = cpu_seconds(pid) if pid else None
+        cpu_before = cpu_seconds(live.worker)
 
         async def runner() -> None:
             nonlocal nxt
@@ -1016,7 +1013,7 @@ async def part_requests(b: Bench) -> None:
 
         await asyncio.gather(*(runner() for _ in range(a.concurrency)))
         elapsed = time.perf_counter() - t0
-        cpu = cpu_share(cpu_before, cpu_seconds(pid) if pid else None, elapsed)
+        cpu = cpu_share(cpu_before, cpu_seconds(live.worker), elapsed)
         summ = {"offered_rate": rate, "concurrency": a.concurrency, "requests": n,
                 "achieved_rate": round((len(lat) + sum(errors.values())) / elapsed, 1),
                 "errors": dict(errors), "k": 10, **latency_summary(lat),

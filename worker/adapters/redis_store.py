@@ -240,32 +240,34 @@ class _IdCodes:
         return np.array(out, dtype=np.int32)
 
 
-def _co_row(reply: list[Any], ids: _IdCodes) -> tuple[npt.NDArray[np.int32], _F64]:
-    """A raw ``ZRANGE ... WITHSCORES`` reply (see ``_zset_row``) with its members
-    coded by ``ids``."""
-    if not reply:
-        return np.empty(0, dtype=np.int32), np.empty(0)
+def _zset_pairs(reply: list[Any]) -> tuple[Sequence[Any], _F64]:
+    """Members and scores of a raw, non-empty ``ZRANGE ... WITHSCORES`` reply:
+    RESP3 pairs ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``."""
     if isinstance(reply[0], list | tuple):
         members, scores = zip(*reply, strict=True)
     else:
         members, scores = reply[0::2], reply[1::2]
-    return ids.code(members), np.array(scores, dtype=np.float64)
+    return members, np.array(scores, dtype=np.float64)
+
+
+def _co_row(reply: list[Any], ids: _IdCodes) -> tuple[npt.NDArray[np.int32], _F64]:
+    """A raw ``ZRANGE ... WITHSCORES`` reply with its members coded by ``ids``."""
+    if not reply:
+        return np.empty(0, dtype=np.int32), np.empty(0)
+    members, scores = _zset_pairs(reply)
+    return ids.code(members), scores
 
 
 def _zset_row(reply: list[Any]) -> tuple[_Ids, _F64]:
-    """Members and scores of a raw ``ZRANGE ... WITHSCORES`` reply: RESP3 pairs
-    ``[[member, score], ...]`` or a flat RESP2 ``[member, score, ...]``.
+    """A raw ``ZRANGE ... WITHSCORES`` reply as its members and scores.
 
     The members stay one numpy array of bytes (``dtype="S"``; content ids never
-    end in NUL, which such an array would drop): no Python object per partner
-    for the garbage collector to walk while the row is cached."""
+    end in NUL, which such an array would drop): no Python object per member
+    for the garbage collector to walk while the answer is cached."""
     if not reply:
         return np.empty(0, dtype="S1"), np.empty(0)
-    if isinstance(reply[0], list | tuple):
-        members, scores = zip(*reply, strict=True)
-    else:
-        members, scores = reply[0::2], reply[1::2]
-    return np.array(members), np.array(scores, dtype=np.float64)
+    members, scores = _zset_pairs(reply)
+    return np.array(members), scores
 
 
 def _counts(replies: Sequence[Any]) -> _F64:
@@ -492,13 +494,14 @@ class RedisEventBuffer:
         now = cache.clock() if cache is not None else 0.0
         for cid in dict.fromkeys(item_ids):
             hit = cache.get((cid, per_item), now) if cache is not None else MISSING
-            if hit is MISSING or cast(tuple[Any, ...], hit)[4] is not codes:
-                todo.append(cid)
-                continue
-            ids, co, n, own, _ = cast(tuple[_Ids, _F64, _F64, float, _IdCodes], hit)
-            rows[cid] = (ids, co, n)
-            if own > 0:
-                counts[cid] = own
+            if hit is not MISSING:
+                ids, co, n, own, coded_by = cast(tuple[_Ids, _F64, _F64, float, _IdCodes], hit)
+                if coded_by is codes:
+                    rows[cid] = (ids, co, n)
+                    if own > 0:
+                        counts[cid] = own
+                    continue
+            todo.append(cid)
         if not todo:
             return rows, counts, codes.names
         fresh: list[tuple[_Ids, _F64]] = [(np.empty(0, dtype=np.int32), np.empty(0))] * len(todo)

@@ -128,32 +128,24 @@ def top_co_interaction_candidates(
     ids = np.concatenate([np.asarray(rows[s][0]) for s in srcs])
     # An item's group: any labelling of the distinct ids gives the same sums,
     # since bincount adds in position order. Coded ids label themselves.
-    labels: npt.NDArray[Any] | None  # label -> what ``names`` or ``ids`` hold
-    if names is not None:
-        if len(names) <= DIRECT_BINS_MAX or len(names) <= 16 * len(ids):
-            labels, group, bins = None, ids.astype(np.intp, copy=False), len(names)
-        else:
-            labels, group = np.unique(ids, return_inverse=True)
-            bins = len(labels)
-
-        def named(found: npt.NDArray[Any]) -> list[str]:
-            codes = found if labels is None else labels[found]
-            return [names[c] for c in codes.tolist()]
+    labels: npt.NDArray[Any] | None  # label -> what ``ids`` holds (None: the same)
+    if names is not None and (len(names) <= DIRECT_BINS_MAX or len(names) <= 16 * len(ids)):
+        labels, group, bins = None, ids.astype(np.intp, copy=False), len(names)
     else:
         labels, group = np.unique(ids, return_inverse=True)
         bins = len(labels)
-
-        def named(found: npt.NDArray[Any]) -> list[str]:
-            assert labels is not None
-            return id_names(labels[found])
     group = group.reshape(-1)
+
+    def named(held: npt.NDArray[Any]) -> list[str]:
+        """Ids as held in the rows (codes, bytes or str) -> the ids."""
+        return id_names(held) if names is None else [names[c] for c in held.tolist()]
+
     if all(len(rows[s]) > 2 for s in srcs):
         n = np.concatenate([np.asarray(rows[s][2], dtype=np.float64)  # type: ignore[misc]
                             for s in srcs])
     else:
-        n = np.fromiter(map(counts.get, id_names(ids) if names is None
-                            else [names[c] for c in ids.tolist()], repeat(0.0)),
-                        dtype=np.float64, count=len(ids))
+        n = np.fromiter(map(counts.get, named(ids), repeat(0.0)), dtype=np.float64,
+                        count=len(ids))
     co = np.concatenate([np.asarray(rows[s][1], dtype=np.float64) for s in srcs])
     src = np.repeat(np.arange(len(srcs)), [len(rows[s][0]) for s in srcs])
     ok = n > 0
@@ -178,7 +170,8 @@ def top_co_interaction_candidates(
     first = order[np.r_[True, item[order][1:] != item[order][:-1]]]
     best_src = np.full(bins, -1, dtype=np.intp)
     best_src[item[first]] = np.where(part[first] > 0, src[first], -1)
-    ranked = sorted(zip((-score[found]).tolist(), named(found),
+    ranked = sorted(zip((-score[found]).tolist(),
+                        named(found if labels is None else labels[found]),
                         best_src[found].tolist(), strict=True))[:limit]
     return [Candidate(cid, -neg, "co", srcs[b] if b >= 0 else "") for neg, cid, b in ranked]
 
