@@ -58,6 +58,8 @@ class RecsysApp(faust.App):
     offset_guard: OffsetGuard
     #: (fetch_min_bytes, fetch_max_wait_ms) of the worker consumer (kafka_patches)
     fetch_tuning: tuple[int, int] | None = None
+    #: run the consumer on the app's loop, not in a thread (kafka_patches)
+    consumer_in_loop: bool = False
     #: How many topics sent to by name (the callers' reply topics) ``send`` keeps.
     NAMED_TOPICS_KEPT = 256
 
@@ -97,9 +99,10 @@ class RecsysApp(faust.App):
         s = self.settings
         desc = self.services.adapters.description
         log.info("worker started: app_id=%s brokers=%s redis=%s qdrant=%s web_port=%s "
-                 "partitions=%d", s.app_id, ",".join(s.bootstrap_servers),
+                 "partitions=%d consumer=%s", s.app_id, ",".join(s.bootstrap_servers),
                  desc.get("redis", "?"), desc.get("qdrant", "?"), s.web_port or "off",
-                 s.topic_partitions)
+                 s.topic_partitions,
+                 "thread" if self.consumer._thread.thread_loop is not self.loop else "loop")
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks, self)
         tune_gc()
@@ -253,6 +256,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
     )
     app.settings = settings
     app.fetch_tuning = (settings.fetch_min_bytes, settings.fetch_max_wait_ms)
+    app.consumer_in_loop = not settings.consumer_thread
     app.services = services or build_services(
         build_adapters(settings), apply_max_users=settings.apply_max_users)
     app.stats = Stats()

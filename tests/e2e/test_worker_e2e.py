@@ -326,3 +326,42 @@ async def test_the_table_serves_and_its_changelog_holds_what_redis_holds(
     finally:
         await consumer.stop()
     assert latest == saved
+
+
+@pytest.mark.parametrize("consumer_thread", ["true", "false"])
+async def test_either_consumer_mode_ingests_and_answers(
+    stack: Stack, tmp_path: Path, consumer_thread: str
+) -> None:
+    """The consumer on the worker's loop (the default) and in Faust's own thread
+    (``CONSUMER_THREAD=true``): each worker, in its own group, reads the events,
+    saves the signals and answers over the reply topic."""
+    import shutil
+
+    run = uuid.uuid4().hex[:6]
+    shutil.copytree(Path(stack.env["QDRANT_PATH"]), tmp_path / "qdrant")
+    env = {**stack.env, "APP_ID": f"{stack.env['APP_ID']}-mode-{run}",
+           "EVENTS_TOPIC": f"{stack.env['EVENTS_TOPIC']}-mode-{run}",
+           "REQUESTS_TOPIC": f"{stack.env['REQUESTS_TOPIC']}-mode-{run}",
+           "KEY_PREFIX": f"{stack.prefix}m{run}"}
+    own = Stack(env, stack.tmp, stack.broker, stack.redis_url)
+    w = own.worker(f"mode-{consumer_thread}-{run}", QDRANT_PATH=str(tmp_path / "qdrant"),
+                   CONSUMER_THREAD=consumer_thread)
+    w.start()
+    try:
+        w.wait_for_log("[^Worker]: Ready", timeout=120)
+        expected = "thread" if consumer_thread == "true" else "loop"
+        assert f"consumer={expected}" in w.log()
+        user = f"mode-{run}"
+        await produce(own, [(user.encode(), track(user, c)) for c in ("120", "121", "122")])
+        redis = Redis.from_url(own.redis_url)
+        try:
+            await eventually(lambda: redis.get(f"{own.prefix}:{{{user}}}:sig"),
+                             what="saved signals")
+        finally:
+            await redis.aclose()
+        async with client(own) as c:
+            reply = await c.recommend(user, k=5)
+        assert not reply.get("cold_start") and len(reply["items"]) == 5, reply
+        assert not {it["content_id"] for it in reply["items"]} & {"120", "121", "122"}
+    finally:
+        w.stop()
