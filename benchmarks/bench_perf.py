@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import importlib.metadata as md
 import json
+import math
 import os
 import platform
 import random
@@ -805,6 +806,8 @@ class SigWatcher:
         self.lock = threading.Lock()
         self.pending: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.latencies: list[float] = []
+        #: (send time, latency) of every probe seen, for the latency over time
+        self.timeline: list[tuple[float, float]] = []
         self.notifications = 0
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -844,6 +847,7 @@ class SigWatcher:
                 for ts, sent in waiting:
                     if as_of >= ts:
                         self.latencies.append(t - sent)
+                        self.timeline.append((sent, t - sent))
                     else:
                         keep.append((ts, sent))
                 if keep:
@@ -851,6 +855,19 @@ class SigWatcher:
                 else:
                     self.pending.pop(key, None)
         ps.close()
+
+
+def worst_per_second(timeline: list[tuple[float, float]], t0: float, elapsed: float
+                     ) -> list[float | None]:
+    """The slowest probe sent in each second of a pass (ms; None: no probe seen):
+    whether the tail is spread over the pass or comes in a few stalls."""
+    worst: list[float | None] = [None] * max(1, math.ceil(elapsed))
+    for sent, lat in timeline:
+        i = min(max(int(sent - t0), 0), len(worst) - 1)
+        ms = round(lat * 1000, 1)
+        if worst[i] is None or ms > worst[i]:  # type: ignore[operator]
+            worst[i] = ms
+    return worst
 
 
 async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, seed: int,
@@ -929,6 +946,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
         **latency_summary(watcher.latencies),
         "worker_stages": stages,
         "worker_cpu": cpu,
+        "worst_ms_per_second": worst_per_second(watcher.timeline, t0, elapsed),
     }
     log(f"  freshness at {rate:g}/s: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
         f"({len(watcher.latencies)}/{probes} probes, {summary['achieved_rate']} events/s "
@@ -983,6 +1001,7 @@ async def part_requests(b: Bench) -> None:
         n = len(users)
         lat: list[float] = []
         lat_sched: list[float] = []
+        timeline: list[tuple[float, float]] = []
         errors: Counter[str] = Counter()
         nxt = 0
         t0 = time.perf_counter() + 0.05
@@ -1009,6 +1028,7 @@ async def part_requests(b: Bench) -> None:
                     continue
                 lat.append(end - start)
                 lat_sched.append(end - sched)
+                timeline.append((start, end - start))
                 replies.setdefault(users[i], [it["content_id"] for it in reply["items"]])
 
         await asyncio.gather(*(runner() for _ in range(a.concurrency)))
@@ -1017,7 +1037,8 @@ async def part_requests(b: Bench) -> None:
         summ = {"offered_rate": rate, "concurrency": a.concurrency, "requests": n,
                 "achieved_rate": round((len(lat) + sum(errors.values())) / elapsed, 1),
                 "errors": dict(errors), "k": 10, **latency_summary(lat),
-                "from_schedule": latency_summary(lat_sched), "worker_cpu": cpu}
+                "from_schedule": latency_summary(lat_sched), "worker_cpu": cpu,
+                "worst_ms_per_second": worst_per_second(timeline, t0, elapsed)}
         log(f"  requests at {rate:g}/s: p50 {summ['p50_ms']} ms, p99 {summ['p99_ms']} ms "
             f"({len(lat)}/{n} answered, errors {dict(errors)}; worker cpu {cpu})")
         return summ, lat
@@ -1328,7 +1349,12 @@ HOW = {
     "worker_cpu": "details.freshness*.worker_cpu and details.requests*.worker_cpu: CPU seconds "
         "(utime + stime, /proc/<pid>/stat and /proc/<pid>/task/<pid>/stat) the worker used "
         "while the load was offered, divided by that time: the process, its main thread "
-        "(the asyncio loop) and the rest (Faust's consumer thread, RocksDB, the trim)",
+        "(the asyncio loop) and the rest (Faust's consumer thread when CONSUMER_THREAD=true, "
+        "RocksDB, the trim, the embedded Qdrant's threads)",
+    "worst_ms_per_second": "details.freshness*.worst_ms_per_second and "
+        "details.requests*.worst_ms_per_second: the slowest probe or request sent in each "
+        "second of the pass (null: none seen), to tell a tail spread over the pass from a "
+        "few stalls",
     "request": "RecsysClient over the reply topic, open-loop schedule at the offered rate, "
         "at most `concurrency` in flight; latency from the call to the reply (from_schedule: "
         "from the scheduled time); users drawn from those with signals; k=10, no query",
