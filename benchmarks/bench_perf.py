@@ -805,8 +805,7 @@ class SigWatcher:
         self.pattern = f"{self.chan_prefix}{prefix}:*:sig"
         self.lock = threading.Lock()
         self.pending: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self.latencies: list[float] = []
-        #: (send time, latency) of every probe seen, for the latency over time
+        #: (send time, latency) of every probe seen
         self.timeline: list[tuple[float, float]] = []
         self.notifications = 0
         self.stop = threading.Event()
@@ -816,6 +815,10 @@ class SigWatcher:
     def add(self, key: str, ts_ms: int, t_sent: float) -> None:
         with self.lock:
             self.pending[key].append((ts_ms, t_sent))
+
+    @property
+    def latencies(self) -> list[float]:
+        return [lat for _, lat in self.timeline]
 
     def in_flight(self) -> int:
         with self.lock:
@@ -846,7 +849,6 @@ class SigWatcher:
                 keep = []
                 for ts, sent in waiting:
                     if as_of >= ts:
-                        self.latencies.append(t - sent)
                         self.timeline.append((sent, t - sent))
                     else:
                         keep.append((ts, sent))
@@ -861,13 +863,12 @@ def worst_per_second(timeline: list[tuple[float, float]], t0: float, elapsed: fl
                      ) -> list[float | None]:
     """The slowest probe sent in each second of a pass (ms; None: no probe seen):
     whether the tail is spread over the pass or comes in a few stalls."""
-    worst: list[float | None] = [None] * max(1, math.ceil(elapsed))
+    n = max(1, math.ceil(elapsed))
+    worst: dict[int, float] = {}
     for sent, lat in timeline:
-        i = min(max(int(sent - t0), 0), len(worst) - 1)
-        ms = round(lat * 1000, 1)
-        if worst[i] is None or ms > worst[i]:  # type: ignore[operator]
-            worst[i] = ms
-    return worst
+        i = min(max(int(sent - t0), 0), n - 1)
+        worst[i] = max(worst.get(i, 0.0), lat)
+    return [round(worst[i] * 1000, 1) if i in worst else None for i in range(n)]
 
 
 async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, seed: int,
