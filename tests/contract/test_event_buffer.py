@@ -280,6 +280,32 @@ async def test_serving_reads_of_item_stats_are_reused_for_the_cache_time(redis_u
         assert await buf.popular(5) == await uncached.popular(5)
 
 
+async def test_partners_counts_are_reused_for_the_cache_time(redis_url: str) -> None:
+    """A partner's interaction count read for one row serves the rows read after it
+    for ``stats_cache_s``: a row read later within that time is scored with the
+    count as it was then (the answer an uncached store gave at that moment), and
+    with the new count once it has expired."""
+    now = [100.0]
+    async with fresh_redis(redis_url) as client:
+        buf = RedisEventBuffer(client, stats_cache_s=5.0, clock=lambda: now[0])
+        uncached = RedisEventBuffer(client)
+        await buf.append_many([event(user=f"u{u}", content=str((u * 7 + i * 3) % 13), days=i)
+                               for u in range(12) for i in range(6)])
+        rows, _ = await uncached.co_interactions(["1", "4"], per_item=20)
+        shared = sorted(set(rows["1"]) & set(rows["4"]) - {"1", "4"})
+        assert shared, "the two rows must share a partner"
+        before = await uncached.co_candidates([("4", 1.0)], per_item=20, limit=20)
+        await buf.co_candidates([("1", 1.0)], per_item=20, limit=20)  # reads the counts
+        # A user engages with the shared partner only: its count changes, no row does.
+        await buf.append_many([event(user="solo", content=shared[0], days=9)])
+        after = await uncached.co_candidates([("4", 1.0)], per_item=20, limit=20)
+        assert after != before
+        now[0] += 4.9  # row "4" is read now; the partner's count is the cached one
+        assert await buf.co_candidates([("4", 1.0)], per_item=20, limit=20) == before
+        now[0] += 5.1  # row "4" and the counts read with row "1" expired: the new count
+        assert await buf.co_candidates([("4", 1.0)], per_item=20, limit=20) == after
+
+
 async def test_co_candidates_stay_exact_when_the_id_codes_start_over(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

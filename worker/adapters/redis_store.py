@@ -220,23 +220,40 @@ class _IdCodes:
     request's CPU. A row keeps its partners as an int32 array (4 bytes each,
     not a 16-byte string), valid only with the ``_IdCodes`` that coded it."""
 
-    __slots__ = ("codes", "names")
+    __slots__ = ("codes", "counts", "fresh_until", "names")
 
     def __init__(self) -> None:
         self.codes: dict[Any, int] = {}
         self.names: list[str] = []
+        #: Per code: the item's interaction count as last read, and until when
+        #: (the row cache's clock) it may be used instead of reading it again.
+        self.counts: _F64 = np.zeros(0)
+        self.fresh_until: _F64 = np.zeros(0)
+
+    def grow(self) -> None:
+        """Make room in ``counts`` and ``fresh_until`` for every code handed out."""
+        n = len(self.names)
+        if n > len(self.counts):
+            size = max(n, 2 * len(self.counts), 1024)
+            self.counts = np.concatenate([self.counts, np.zeros(size - len(self.counts))])
+            self.fresh_until = np.concatenate(
+                [self.fresh_until, np.full(size - len(self.fresh_until), -np.inf)])
 
     def code(self, members: Sequence[Any]) -> npt.NDArray[np.int32]:
+        try:  # every member coded already: the common case, no list in between
+            return np.fromiter(map(self.codes.__getitem__, members), dtype=np.int32,
+                               count=len(members))
+        except KeyError:
+            pass
         out = list(map(self.codes.get, members))
-        if None in out:
-            for i, (member, c) in enumerate(zip(members, out, strict=True)):
+        for i, (member, c) in enumerate(zip(members, out, strict=True)):
+            if c is None:
+                c = self.codes.get(member)
                 if c is None:
-                    c = self.codes.get(member)
-                    if c is None:
-                        c = self.codes[member] = len(self.names)
-                        self.names.append(member.decode() if isinstance(member, bytes)
-                                          else member)
-                    out[i] = c
+                    c = self.codes[member] = len(self.names)
+                    self.names.append(member.decode() if isinstance(member, bytes)
+                                      else member)
+                out[i] = c
         return np.array(out, dtype=np.int32)
 
 
@@ -513,23 +530,25 @@ class RedisEventBuffer:
             await self._packed_calls(
                 [hiredis.pack_command(("ZREVRANGE", f"{self._prefix}:co:{cid}", 0, per_item - 1,
                                        "WITHSCORES")) for cid in todo], row)
+            codes.grow()
             partners = [ids for ids, _ in fresh if len(ids)]
-            if partners:
-                uniq, at = np.unique(np.concatenate(partners), return_inverse=True)
-            else:
-                uniq, at = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.intp)
+            every = np.concatenate(partners) if partners else np.empty(0, dtype=np.int32)
+            if cache is not None:  # partners whose count was read in the last stats_cache_s
+                every = every[codes.fresh_until[every] < cache.clock()]
+            stale = np.unique(every)
             names = codes.names
             (scores,) = await self._packed_calls(
                 [hiredis.pack_command(("ZMSCORE", f"{self._prefix}:cnt", *todo,
-                                       *[names[c] for c in uniq.tolist()]))])
+                                       *[names[c] for c in stale.tolist()]))])
         except (rexc.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         found = _counts(scores)
-        own_counts, n_all = found[:len(todo)].tolist(), found[len(todo):][at.reshape(-1)]
-        start = 0
-        for cid, (ids, co), own in zip(todo, fresh, own_counts, strict=True):
-            n = n_all[start:start + len(ids)]
-            start += len(ids)
+        # No await from here on: the counts written are the ones the rows take.
+        codes.counts[stale] = found[len(todo):]
+        if cache is not None:
+            codes.fresh_until[stale] = cache.clock() + cache.ttl
+        for cid, (ids, co), own in zip(todo, fresh, found[:len(todo)].tolist(), strict=True):
+            n = codes.counts[ids]
             rows[cid] = (ids, co, n)
             if own > 0:
                 counts[cid] = own

@@ -87,21 +87,23 @@ def rank(
 
     affinities = signals.tag_affinities if signals is not None else {}
     score_tag = tag_scorer(affinities)
-    scored: list[tuple[float, str]] = []
+    prior_boost, prior_alone, tag_weight = config.prior_boost, config.prior_alone, config.tag_weight
+    # (-score, id): sorted as they are, best first and ties by id
+    ranked: list[tuple[float, str]] = []
     for cid in combined.keys() | prior.keys():
         base, q = combined.get(cid, 0.0), prior.get(cid, 0.0)
         if base > 0:
-            base *= 1.0 + config.prior_boost * q
+            base *= 1.0 + prior_boost * q
         else:
-            base = config.prior_alone * q
+            base = prior_alone * q
             best_part[cid] = (base, config.prior_source, "")
         content = contents.get(cid)
         tags = content.tags if content is not None else ()
         # Rounded so that float noise (sums taken in another order by another
         # replica or a replay) can never reorder items: ties break by id.
-        scored.append((round(base + config.tag_weight * score_tag(tags), 9), cid))
-    scored.sort(key=lambda sc: (-sc[0], sc[1]))
-    pool = scored[: max(k * config.candidate_multiplier, k)]
+        ranked.append((-round(base + tag_weight * score_tag(tags), 9), cid))
+    ranked.sort()
+    pool = [(-neg, cid) for neg, cid in ranked[: max(k * config.candidate_multiplier, k)]]
 
     chosen: list[RecommendedItem] = []
     tag_uses: dict[str, int] = defaultdict(int)

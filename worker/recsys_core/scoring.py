@@ -29,16 +29,21 @@ def tag_scorer(affinities: Mapping[str, float]) -> Callable[[Iterable[str]], flo
     if scale == 0:
         return _zero
 
+    scaled = {t: v / scale for t, v in affinities.items()}
     memo: dict[tuple[str, ...], float] = {}  # items often share their tags
 
     def score(tags: Iterable[str]) -> float:
         key = tags if isinstance(tags, tuple) else tuple(tags)
         hit = memo.get(key)
         if hit is None:
-            # by |v| descending, ties in set order (a stable sort, as with -|v|)
-            matched = sorted((affinities[t] / scale for t in set(key) if t in affinities),
-                             key=abs, reverse=True)
-            hit = memo[key] = sum(v * (0.5**i) for i, v in enumerate(matched))
+            matched = [scaled[t] for t in set(key) if t in scaled]
+            if len(matched) > 1:
+                # by |v| descending, ties in set order (a stable sort, as with -|v|)
+                matched.sort(key=abs, reverse=True)
+                hit = sum(v * (0.5**i) for i, v in enumerate(matched))
+            else:  # the same float as the sum: 0 + v, or 0
+                hit = matched[0] if matched else 0.0
+            memo[key] = hit
         return hit
 
     return score
