@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     co_keep: int = Field(300, ge=1, le=100_000, description="Partners kept per item.")
     item_stats_cache_ms: int = Field(
         5000, ge=0, le=600_000,
-        description="Serving reuses the popular list and items' co-interaction rows read "
-        "from Redis for this long (0: read them for every request).",
+        description="Serving reuses the popular list, items' co-interaction rows and "
+        "items' interaction counts read from Redis for this long (0: read them for every "
+        "request).",
     )
     signals_ttl_seconds: int = Field(7 * 86_400, ge=60)
     key_prefix: str = Field("rw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

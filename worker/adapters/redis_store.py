@@ -479,7 +479,9 @@ class RedisEventBuffer:
         with numpy (``top_co_interaction_candidates``).
 
         Rows read in the last ``stats_cache_s`` are reused (with the counts read
-        alongside them), so the scores may lag the counts by that long."""
+        alongside them), and so is each partner's count read in that time when
+        a row is read (``_IdCodes.counts``): the scores may lag the counts by
+        that long."""
         w = dict(weights)
         if not w or limit <= 0:
             return []
@@ -496,10 +498,13 @@ class RedisEventBuffer:
 
         Two round trips on one connection, packed by hiredis, for the items not
         in the cache (when ``cached`` and the cache is on): the rows, then the
-        interaction count of every item involved. A row stays three numpy
-        arrays (ids as codes): the work per partner is numpy's, and a cached
-        row is not a list of thousands of objects for the garbage collector to
-        walk on every young collection. A call codes every row it returns with
+        interaction counts of the items and of their partners, except (with
+        the cache on) partners whose count was read in the last
+        ``stats_cache_s``: popular items are partners of most rows, and asking
+        for ~1,200 counts per request cost the client ~1.5 ms and Redis ~1.6 ms.
+        A row stays three numpy arrays (ids as codes): the work per partner is
+        numpy's, and a cached row is not a list of thousands of objects for the
+        garbage collector to walk on every young collection. A call codes every row it returns with
         one ``_IdCodes`` (a cached row coded by an earlier one is read again)."""
         codes = self._id_codes
         if len(codes.names) > CO_ID_CODES_MAX:  # start over: the old rows miss
