@@ -504,8 +504,9 @@ class RedisEventBuffer:
         for ~1,200 counts per request cost the client ~1.5 ms and Redis ~1.6 ms.
         A row stays three numpy arrays (ids as codes): the work per partner is
         numpy's, and a cached row is not a list of thousands of objects for the
-        garbage collector to walk on every young collection. A call codes every row it returns with
-        one ``_IdCodes`` (a cached row coded by an earlier one is read again)."""
+        garbage collector to walk on every young collection. A call codes every
+        row it returns with one ``_IdCodes`` (a cached row coded by an earlier
+        one is read again)."""
         codes = self._id_codes
         if len(codes.names) > CO_ID_CODES_MAX:  # start over: the old rows miss
             codes = self._id_codes = _IdCodes()
