@@ -370,6 +370,14 @@ async def scrape(session: Any, port: int) -> dict[str, float] | None:
     return {k.decode(): float(v) for k, v in _METRIC_RE.findall(body)}
 
 
+async def worker_counts(port: int) -> dict[str, float] | None:
+    """Records consumed and interactions written so far, from the worker's /metrics."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        return await scrape(session, port)
+
+
 _STAGE_KEY = re.compile(r"^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)"
                         r"\{(?:agent=(\w+)|path=(\w+),stage=(\w+))\}$")
 
@@ -442,6 +450,42 @@ def cpu_share(before: dict[str, float] | None, after: dict[str, float] | None,
     main = (after["main"] - before["main"]) / seconds
     return {"process_cores": round(process, 3), "main_thread_cores": round(main, 3),
             "other_threads_cores": round(process - main, 3)}
+
+
+async def redis_load(client: Any) -> dict[str, Any]:
+    """Redis's CPU seconds so far and its per-command totals (``INFO``)."""
+    cpu = await client.info("cpu")
+    stats = await client.info("commandstats")
+    return {"cpu_s": float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            "commands": {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                         for k, v in stats.items()}}
+
+
+async def redis_load_at(url: str) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        return await redis_load(client)
+    finally:
+        await client.aclose()
+
+
+def redis_share(before: dict[str, Any], after: dict[str, Any], seconds: float,
+                top: int = 6) -> dict[str, Any]:
+    """Cores Redis used over a pass, and its costliest commands then (calls, µs each,
+    Redis cores): whether the worker waited on Redis's CPU or on itself."""
+    rows = []
+    for name, (calls, usec) in after["commands"].items():
+        c0, u0 = before["commands"].get(name, (0, 0))
+        if calls > c0:
+            rows.append((usec - u0, name, calls - c0))
+    rows.sort(reverse=True)
+    return {"redis_cores": round((after["cpu_s"] - before["cpu_s"]) / seconds, 3),
+            "top_commands": [{"command": name, "calls": calls,
+                              "usec_per_call": round(usec / calls, 2),
+                              "cores": round(usec / 1e6 / seconds, 3)}
+                             for usec, name, calls in rows[:top]]}
 
 
 def check_alive(w: WorkerProcess) -> None:
@@ -544,6 +588,8 @@ async def worker_ingest(b: Bench, name: str, topic: str, gen: Generated, *,
                     await asyncio.sleep(0.05)
                     continue
                 t_first, c0 = now, consumed
+                load_first = (cpu_seconds(w), await stage_totals(port),
+                              await redis_load_at(b.redis_url))
                 if profile_s > 0:
                     spy = subprocess.Popen(
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
@@ -557,6 +603,8 @@ async def worker_ingest(b: Bench, name: str, topic: str, gen: Generated, *,
                 rss_small = (applied, rss)
             if written >= gen.interactions:
                 t_done = now
+                load_done = (cpu_seconds(w), await stage_totals(port),
+                             await redis_load_at(b.redis_url))
                 break
             # After a re-read some interactions come back as redeliveries and are not
             # counted as written: then Redis itself says whether everything is in.
@@ -614,6 +662,10 @@ async def worker_ingest(b: Bench, name: str, topic: str, gen: Generated, *,
                                            / gen.records) / dt, 1)
         if commit_s is not None:
             res["events_per_s_to_committed"] = round((gen.records - c0) / (dt + commit_s), 1)
+        if done_by == "counter":  # the load from the first consumption to the last write
+            res["worker_cpu"] = cpu_share(load_first[0], load_done[0], dt)
+            res["worker_stages"] = stage_share(load_first[1], load_done[1], dt)
+            res["redis_cpu"] = redis_share(load_first[2], load_done[2], dt)
     res["rss_mb_done"] = round(rss_done, 1)
     if rss_small:
         res["rss_small"] = {"events_applied": int(rss_small[0]),
@@ -898,8 +950,11 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
     per_tick = max(1, round(rate * tick))
     tick = per_tick / rate
     lag_end = None
+    progress_end: dict[str, float] | None = None
+    progress_before = await worker_counts(live.port)
     stages_before = await stage_totals(live.port)
     cpu_before = cpu_seconds(live.worker)
+    redis_before = await redis_load(admin)
     try:
         watcher.thread.start()
         watcher.ready.wait(5)
@@ -924,7 +979,15 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
                 sent += 1
         elapsed = time.perf_counter() - t0
         cpu = cpu_share(cpu_before, cpu_seconds(live.worker), elapsed)
+        redis_cpu = redis_share(redis_before, await redis_load(admin), elapsed)
         await producer.flush()
+        # How far behind the worker was, in events: the group lag below counts
+        # messages, and a message of the interactions topic carries a batch.
+        progress_now = await worker_counts(live.port)
+        if progress_before and progress_now:
+            progress_end = {"sent": sent, **{
+                k.removeprefix("recsys_").removesuffix("_total"): progress_now[k] - v
+                for k, v in progress_before.items()}}
         stages = stage_share(stages_before, await stage_totals(live.port), elapsed)
         with contextlib.suppress(Exception):
             lag_end = await group_lag(b.broker, live.env["APP_ID"],
@@ -944,14 +1007,17 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
         "duration_s": round(elapsed, 1), "events_sent": sent, "probes": probes,
         "probes_seen": len(watcher.latencies), "probes_missing": watcher.in_flight(),
         "lag_when_producing_ended": lag_end,
+        "events_when_producing_ended": progress_end,
         **latency_summary(watcher.latencies),
         "worker_stages": stages,
         "worker_cpu": cpu,
+        "redis_cpu": redis_cpu,
         "worst_ms_per_second": worst_per_second(watcher.timeline, t0, elapsed),
     }
     log(f"  freshness at {rate:g}/s: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms "
         f"({len(watcher.latencies)}/{probes} probes, {summary['achieved_rate']} events/s "
-        f"sent, lag {lag_end} when producing ended; worker cpu {cpu})")
+        f"sent, lag {lag_end} messages and progress {progress_end} when producing ended; "
+        f"worker cpu {cpu}; redis {redis_cpu['redis_cores']} of a core)")
     return summary, watcher.latencies
 
 
