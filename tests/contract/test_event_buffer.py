@@ -243,6 +243,29 @@ async def test_co_interactions_stay_bounded(kind: str, redis_url: str) -> None:
     assert rows["hub"]["p0"] == 30.0
 
 
+async def test_trimmed_rows_are_the_same_in_one_call_or_many(redis_url: str) -> None:
+    """Rows trimmed many times within one append call end exactly as with one
+    call per event, and as in the in-memory buffer (same partners, same counts:
+    the same ties cut at the bound)."""
+    evs = [event(user=f"u{u}", content=str((u * 5 + i * 7) % 23), days=i * 0.5)
+           for u in range(25) for i in range(9)]
+    items = [str(i) for i in range(23)]
+    memory = InMemoryEventBuffer(co_keep=3, co_partners=4)
+    await memory.append_many(evs)
+    want, want_counts = await memory.co_interactions(items, per_item=100)
+    assert max(len(r) for r in want.values()) > 3  # the bound was reached and trimmed
+    async with fresh_redis(redis_url) as client:
+        batched = RedisEventBuffer(client, co_keep=3, co_partners=4, key_prefix="one")
+        await batched.append_many(evs)
+        single = RedisEventBuffer(client, co_keep=3, co_partners=4, key_prefix="many")
+        for ev in evs:
+            await single.append(ev)
+        for buf in (batched, single):
+            rows, counts = await buf.co_interactions(items, per_item=100)
+            assert rows == want
+            assert counts == want_counts
+
+
 async def test_serving_reads_of_item_stats_are_reused_for_the_cache_time(redis_url: str) -> None:
     """With ``stats_cache_s``, ``popular`` and ``co_candidates`` reuse what they read
     for that long (identical answers, no Redis read), then read again: new events
