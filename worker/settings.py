@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         7.0, ge=1, le=36_500, description="Half-life of the popularity counts (event time)."
     )
     co_partners: int = Field(
-        100, ge=0, le=10_000,
+        30, ge=0, le=10_000,
         description="A new item is paired with this many of the user's most recent items.",
     )
     co_keep: int = Field(300, ge=1, le=100_000, description="Partners kept per item.")

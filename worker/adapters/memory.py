@@ -208,7 +208,7 @@ class InMemoryEventBuffer:
         *,
         window_days: float = 30,
         popularity_half_life_days: float = 7.0,
-        co_partners: int = 100,
+        co_partners: int = 30,
         co_keep: int = 300,
     ) -> None:
         self.window_days = window_days

@@ -331,7 +331,7 @@ class RedisEventBuffer:
         ttl_seconds: int | None = None,
         key_prefix: str = "rw",
         popularity_half_life_days: float = 7.0,
-        co_partners: int = 100,
+        co_partners: int = 30,
         co_keep: int = 300,
         stats_cache_s: float = 0.0,
         stats_cache_rows: int = 2048,
