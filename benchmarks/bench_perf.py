@@ -370,14 +370,6 @@ async def scrape(session: Any, port: int) -> dict[str, float] | None:
     return {k.decode(): float(v) for k, v in _METRIC_RE.findall(body)}
 
 
-async def worker_counts(port: int) -> dict[str, float] | None:
-    """Records consumed and interactions written so far, from the worker's /metrics."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        return await scrape(session, port)
-
-
 _STAGE_KEY = re.compile(r"^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)"
                         r"\{(?:agent=(\w+)|path=(\w+),stage=(\w+))\}$")
 
@@ -385,6 +377,17 @@ _STAGE_KEY = re.compile(r"^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|c
 async def stage_totals(port: int) -> dict[str, dict[str, float]]:
     """The worker's stage histograms as ``{"path/stage": {"sum": s, "count": n}}``
     (``agent/total`` for whole batches); empty if /metrics is not answering."""
+    return (await worker_snapshot(port))[1]
+
+
+#: the counters a freshness pass reads before and after (how far the worker got)
+_PROGRESS = ("recsys_records_consumed_total", "recsys_interactions_written_total")
+
+
+async def worker_snapshot(port: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """From one read of the worker's /metrics: the records consumed and
+    interactions written so far, and the stage histograms (``stage_totals``);
+    both empty if /metrics is not answering."""
     import aiohttp
 
     from worker.metrics import parse_metrics
@@ -394,15 +397,18 @@ async def stage_totals(port: int) -> dict[str, dict[str, float]]:
                 f"http://127.0.0.1:{port}/metrics") as resp:
             text = await resp.text()
     except Exception:
-        return {}
-    out: dict[str, dict[str, float]] = {}
+        return {}, {}
+    counts: dict[str, float] = {}
+    stages: dict[str, dict[str, float]] = {}
     for key, value in parse_metrics(text).items():
+        if key in _PROGRESS:
+            counts[key] = float(value)
         found = _STAGE_KEY.match(key)
         if found:
             kind, agent, path, stage = found.groups()
             name = f"{agent}/total" if agent else f"{path}/{stage}"
-            out.setdefault(name, {})[kind] = float(value)
-    return out
+            stages.setdefault(name, {})[kind] = float(value)
+    return counts, stages
 
 
 def stage_share(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
@@ -474,7 +480,8 @@ async def redis_load_at(url: str) -> dict[str, Any]:
 def redis_share(before: dict[str, Any], after: dict[str, Any], seconds: float,
                 top: int = 6) -> dict[str, Any]:
     """Cores Redis used over a pass, and its costliest commands then (calls, µs each,
-    Redis cores): whether the worker waited on Redis's CPU or on itself."""
+    Redis cores): whether the worker waited on Redis's CPU or on itself. A script's
+    (``evalsha``) time includes the commands it ran, which are listed too."""
     rows = []
     for name, (calls, usec) in after["commands"].items():
         c0, u0 = before["commands"].get(name, (0, 0))
@@ -951,8 +958,7 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
     tick = per_tick / rate
     lag_end = None
     progress_end: dict[str, float] | None = None
-    progress_before = await worker_counts(live.port)
-    stages_before = await stage_totals(live.port)
+    progress_before, stages_before = await worker_snapshot(live.port)
     cpu_before = cpu_seconds(live.worker)
     redis_before = await redis_load(admin)
     try:
@@ -983,12 +989,12 @@ async def freshness_pass(b: Bench, live: Live, rate: float, duration: float, see
         await producer.flush()
         # How far behind the worker was, in events: the group lag below counts
         # messages, and a message of the interactions topic carries a batch.
-        progress_now = await worker_counts(live.port)
+        progress_now, stages_now = await worker_snapshot(live.port)
         if progress_before and progress_now:
             progress_end = {"sent": sent, **{
                 k.removeprefix("recsys_").removesuffix("_total"): progress_now[k] - v
                 for k, v in progress_before.items()}}
-        stages = stage_share(stages_before, await stage_totals(live.port), elapsed)
+        stages = stage_share(stages_before, stages_now, elapsed)
         with contextlib.suppress(Exception):
             lag_end = await group_lag(b.broker, live.env["APP_ID"],
                                       [topic, f"{live.env['APP_ID']}-interactions"])
