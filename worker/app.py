@@ -62,6 +62,8 @@ class RecsysApp(faust.App):
     consumer_in_loop: bool = False
     #: How many topics sent to by name (the callers' reply topics) ``send`` keeps.
     NAMED_TOPICS_KEPT = 256
+    #: After SHUTDOWN_DRAIN_S, how long the rest of the stop may take.
+    STOP_AFTER_DRAIN_S = 15.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,14 +113,36 @@ class RecsysApp(faust.App):
         """SIGTERM/SIGINT: Faust stops fetching, waits for in-flight events to be
         acked (our agents ack only after their effects are durable), commits and
         flushes. That wait is bounded by SHUTDOWN_DRAIN_S; what is not acked by
-        then is redelivered after the restart (idempotent)."""
+        then is redelivered after the restart (idempotent).
+
+        The bound cannot be a cancellation: Faust's ``Consumer.wait_empty``
+        swallows ``CancelledError`` and keeps waiting (seen: a worker stuck in it
+        until SIGKILL). At the deadline the consumer instead forgets its in-flight
+        messages; the wait then ends within a second and the commit that follows
+        covers only what was acked."""
         drain = self.settings.shutdown_drain_s
         log.info("shutdown: draining in-flight events (up to %gs)", drain)
+        deadline = (asyncio.get_running_loop().call_later(drain, self._stop_draining, drain)
+                    if drain else None)
         try:
-            await asyncio.wait_for(super().on_stop(), drain or None)
+            # Backstop for the rest of the stop (tables, producer flush), which
+            # does give way to a cancellation.
+            await asyncio.wait_for(super().on_stop(), drain + self.STOP_AFTER_DRAIN_S
+                                   if drain else None)
         except TimeoutError:
-            log.warning("shutdown: in-flight events not done after %gs; committing what is "
-                        "acked, the rest will be redelivered", drain)
+            log.warning("shutdown: stopping took over %gs; exiting without it",
+                        drain + self.STOP_AFTER_DRAIN_S)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    def _stop_draining(self, drain: float) -> None:
+        consumer = self._consumer
+        in_flight = consumer._unacked_messages if consumer is not None else set()
+        if in_flight:
+            log.warning("shutdown: %d in-flight events not done after %gs; committing what "
+                        "is acked, the rest will be redelivered", len(in_flight), drain)
+            in_flight.clear()
 
     async def on_shutdown(self) -> None:
         """After the agents and the consumer stopped (offsets committed)."""

@@ -24,6 +24,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: While a batch is partly filled and more events are queued, how often to check
+#: that the queue was not emptied under it (see ``take_batches``).
+STRANDED_CHECK_S = 0.05
+
 
 def weighted_runs(items: Iterable[T], weight: Callable[[T], int], limit: int
                   ) -> Iterator[list[T]]:
@@ -52,6 +56,7 @@ async def take_batches(stream: Any, max_: int, *, linger: float = 0.0
     ready = asyncio.Event()  # a batch can go: the queue is drained, or it is full
     full = asyncio.Event()
     consumed = asyncio.Event()
+    started = asyncio.Event()  # the batch has its first event
     consuming: asyncio.Future[None] | None = None
     queue_empty = stream.channel.queue.empty
 
@@ -68,6 +73,7 @@ async def take_batches(stream: Any, max_: int, *, linger: float = 0.0
             if event is None:
                 raise RuntimeError("batch: the stream has no current event")
             events.append(event)
+            started.set()
             if len(events) >= max_:
                 full.set()
                 ready.set()
@@ -88,8 +94,16 @@ async def take_batches(stream: Any, max_: int, *, linger: float = 0.0
     stream._enable_passive(aiter(stream.channel))
     try:
         while not stream.should_stop:
-            if not ready.is_set():
-                await stream.wait_for_stopped(ready)
+            if not events:
+                await stream.wait_for_stopped(started)
+            while not ready.is_set() and not stream.should_stop:
+                await stream.wait_for_stopped(ready, timeout=STRANDED_CHECK_S)
+                if not ready.is_set() and queue_empty():
+                    # The queue emptied without another event reaching ``add``:
+                    # Faust clears the channels' queues when it stops and when
+                    # partitions are revoked. The events taken go now, or their
+                    # messages would never be acked (a shutdown would wait forever).
+                    break
             if linger > 0 and events and not full.is_set():
                 await stream.wait_for_stopped(full, timeout=linger)
             if not events:
@@ -99,6 +113,7 @@ async def take_batches(stream: Any, max_: int, *, linger: float = 0.0
                 yield list(events)
             finally:
                 events.clear()
+                started.clear()
                 ready.clear()
                 full.clear()
                 if consuming is not None and not consuming.done():

@@ -353,8 +353,8 @@ def record_scenario(name: str, *, faults_injected: int, events_sent: int, diff: 
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     scenarios.append(row)
-    order = ["worker_killed", "redis_outage", "broker_restart", "scale_out_failover",
-             "hostile_input", "request_flood"]
+    order = ["worker_killed", "redis_outage", "sigterm_during_outage", "broker_restart",
+             "scale_out_failover", "hostile_input", "request_flood"]
     scenarios.sort(key=lambda s: order.index(s["name"]) if s["name"] in order else 99)
     RESULTS.write_text(json.dumps({"scenarios": scenarios}, indent=2) + "\n")
 

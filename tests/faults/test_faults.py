@@ -170,6 +170,55 @@ async def test_redis_outage(make_run: Any, redis_url: str, tmp_path: Path) -> No
         server.stop()
 
 
+async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
+                                           tmp_path: Path) -> None:
+    """SIGTERM while every apply is retrying a Redis outage: the in-flight events
+    cannot finish, so the worker gives up on them after SHUTDOWN_DRAIN_S, exits 0
+    without committing them, and a new worker applies them once Redis is back."""
+    from redis.asyncio import Redis
+
+    drain = 3
+    server = RedisServer(tmp_path / "redis-private")
+    server.start()
+    try:
+        run = make_run("drain", REDIS_URL=server.url, SHUTDOWN_DRAIN_S=str(drain))
+        records = gen_events(4_000, users=1_000, seed=3)
+        t0 = time.monotonic()
+        expected = await _expected(run, records, redis_url=redis_url)
+        w = run.worker("w")
+        w.start()
+        await _until_ready(w)
+        sent = await produce(run.broker, run.env["EVENTS_TOPIC"], records)
+        await eventually(lambda: _buffered_at_least(server.url, run.prefix, 200),
+                         timeout=60, what="ingest under way")
+        client = Redis.from_url(server.url)
+        with contextlib.suppress(Exception):  # the connection drops as it shuts down
+            await client.shutdown(save=True)
+        await client.aclose()
+        await asyncio.to_thread(server.proc.wait, 10)  # type: ignore[union-attr]
+        await asyncio.to_thread(w.wait_for_log, "transient failure", 30)
+        stop_at = time.monotonic()
+        code = await asyncio.to_thread(w.stop, signal.SIGTERM, 60)
+        took = time.monotonic() - stop_at
+        gave_up = "in-flight events not done after" in w.log()
+        server.start()
+        w2 = run.worker("w2")
+        w2.start()
+        await wait_caught_up(run.broker, run.group, run.topics, timeout=180)
+        actual = await snapshot(server.url, run.prefix)
+        diff = compare(expected, actual)
+        record_scenario("sigterm_during_outage", faults_injected=1, events_sent=sent,
+                        diff=diff, passed=diff.ok and code == 0 and gave_up,
+                        exit_code=code, stop_s=round(took, 1), shutdown_drain_s=drain,
+                        duration_s=round(time.monotonic() - t0, 1))
+        assert code == 0, w.log()[-3000:]
+        assert gave_up, w.log()[-3000:]
+        assert took < drain + 20, took
+        assert diff.ok, diff.examples
+    finally:
+        server.stop()
+
+
 async def _buffered_at_least(url: str, prefix: str, n: int) -> bool:
     return (await snapshot(url, prefix)).buffered >= n
 

@@ -85,6 +85,29 @@ async def test_linger_waits_for_more_after_the_queue_emptied(
         assert got == [[1, 2]]
 
 
+async def test_events_taken_are_yielded_when_the_queue_is_cleared_under_them(
+    channel_stream: tuple[Any, Any],
+) -> None:
+    # Shutdown (Faust's App._stop_consumer) clears the channels' queues. An event
+    # added to the batch while more were queued must still go out, or its message
+    # is never acked and the shutdown's wait for in-flight events never ends.
+    ch, stream = channel_stream
+
+    def clear_after(value: Any) -> Any:  # runs after take_batches' processor
+        if value == 1:
+            stream.channel.queue.clear()
+        return value
+
+    async with collecting(stream, 10, held=True) as (got, gate):
+        await ch.send(value=0)
+        await _until(lambda: got == [[0]])
+        stream.add_processor(clear_after)
+        for v in (1, 2, 3):  # 1 waits for the held batch; 2 and 3 stay queued
+            await ch.send(value=v)
+        gate.set()  # 1 joins the next batch with 2 and 3 still queued; then they go
+        await _until(lambda: got == [[0], [1]])
+
+
 def _runs(weights: list[int], limit: int) -> list[list[int]]:
     """Runs as lists of indexes into ``weights``."""
     return [[i for i, _ in run] for run in
