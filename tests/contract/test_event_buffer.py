@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -264,6 +265,42 @@ async def test_trimmed_rows_are_the_same_in_one_call_or_many(redis_url: str) -> 
             rows, counts = await buf.co_interactions(items, per_item=100)
             assert rows == want
             assert counts == want_counts
+
+
+async def test_shared_sets_are_exactly_those_of_one_call_per_event(redis_url: str) -> None:
+    """The append script collects a batch's increments of the shared sets
+    (popularity, interaction counts, co-interaction rows) and applies them at
+    its end. Every one of those sets, scores compared exactly, equals the state
+    of one call per event: rows far from their bound (added up), rows trimmed
+    along the way (applied one by one), and popularity's time-decayed floats."""
+    import random
+
+    rng = random.Random(7)
+    kinds = ["view", "purchase", "rate", "add_to_cart"]
+    evs = [event(user=f"u{rng.randrange(40)}", content=str(int(rng.expovariate(1 / 15)) % 60),
+                 kind=rng.choice(kinds), weight=rng.choice([1.0, 2.5, 4.0, 0.5]),
+                 days=rng.uniform(0, 45)) for _ in range(900)]
+    # One call applies the batch user by user (in order of first appearance).
+    first = {ev.user_id: i for i, ev in reversed(list(enumerate(evs)))}
+    evs.sort(key=lambda ev: first[ev.user_id])
+
+    async def state(client: Any, prefix: str) -> dict[str, list[tuple[bytes, float]]]:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        shared = sorted(k for k in keys if b":{" not in k)  # not a user's own keys
+        return {k.decode().removeprefix(prefix): await client.zrange(k, 0, -1, withscores=True)
+                for k in shared}
+
+    async with fresh_redis(redis_url) as client:
+        batched = RedisEventBuffer(client, co_keep=6, co_partners=5, key_prefix="one")
+        await batched.append_many(evs)
+        single = RedisEventBuffer(client, co_keep=6, co_partners=5, key_prefix="many")
+        for ev in evs:
+            await single.append(ev)
+        want, got = await state(client, "many"), await state(client, "one")
+    rows = [k for k in want if ":co:" in k]
+    assert len(rows) > 30 and ":pop" in want and ":cnt" in want
+    assert max(len(want[k]) for k in rows) > 6  # some rows went past the bound
+    assert got == want
 
 
 async def test_serving_reads_of_item_stats_are_reused_for_the_cache_time(redis_url: str) -> None:

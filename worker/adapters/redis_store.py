@@ -93,6 +93,65 @@ local function bump(key, member)
   end
 end
 
+-- Increments of the shared sorted sets (popularity, interaction counts,
+-- co-interaction rows) are collected over the batch and applied at its end,
+-- per key in the order first touched, each key's in the order made. Nothing in
+-- this script reads those sets, and a key's result depends only on its own
+-- increments in order, so the state is that of one ZINCRBY each; but a key
+-- incremented several times costs two or three calls, not one or two each.
+local pending, pending_keys = {}, {}
+local function add(key, member, by, bounded)
+  local p = pending[key]
+  if not p then
+    p = {bounded = bounded}
+    pending[key] = p
+    pending_keys[#pending_keys + 1] = key
+  end
+  p[#p + 1] = member
+  p[#p + 1] = by
+end
+
+local function flush(key, p)
+  if #p == 2 then  -- one increment: as it would have been
+    if p.bounded then bump(key, p[1])
+    else redis.call('ZINCRBY', key, p[2], p[1]) end
+    return
+  end
+  local members, sums = {}, {}
+  for j = 1, #p, 2 do
+    local m = p[j]
+    if sums[m] == nil then
+      members[#members + 1] = m
+      sums[m] = false
+    end
+  end
+  local scores = {}
+  for j = 1, #members, 1000 do
+    local part = redis.call('ZMSCORE', key, unpack(members, j, math.min(j + 999, #members)))
+    for k = 1, math.min(1000, #members - j + 1) do scores[j + k - 1] = part[k] end
+  end
+  local new = 0
+  for j, m in ipairs(members) do
+    if scores[j] then sums[m] = tonumber(scores[j]) else sums[m] = 0; new = new + 1 end
+  end
+  if p.bounded and new > 0 and redis.call('ZCARD', key) + new > 2 * keep then
+    -- A trim may fall between these increments: apply them one by one.
+    for j = 1, #p, 2 do bump(key, p[j]) end
+    return
+  end
+  for j = 1, #p, 2 do sums[p[j]] = sums[p[j]] + p[j + 1] end
+  local args = {}
+  for _, m in ipairs(members) do
+    args[#args + 1] = sums[m]
+    args[#args + 1] = m
+    if #args >= 1000 then
+      redis.call('ZADD', key, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+end
+
 local result = {}
 for _, entry in ipairs(batch) do
   local base = prefix .. ':{' .. entry[1] .. '}:'
@@ -132,15 +191,15 @@ for _, entry in ipairs(batch) do
       if t >= cutoff then
         status = 1
         local inc = tonumber(ev[5])
-        if inc > 0 then redis.call('ZINCRBY', pop, ev[5], cid) end
+        if inc > 0 then add(pop, cid, inc, false) end
         if ev[6] == 1 then
           if not redis.call('ZSCORE', it, cid) then
             local partners = redis.call('ZREVRANGE', it, 0, max_partners - 1)
             for _, p in ipairs(partners) do
-              bump(co .. p, cid)
-              bump(co .. cid, p)
+              add(co .. p, cid, 1, true)
+              add(co .. cid, p, 1, true)
             end
-            redis.call('ZINCRBY', cnt, 1, cid)
+            add(cnt, cid, 1, false)
           end
           redis.call('ZADD', it, 'GT', ts, cid)
         end
@@ -169,6 +228,7 @@ for _, entry in ipairs(batch) do
   end
   result[#result + 1] = {out, bodies}
 end
+for _, key in ipairs(pending_keys) do flush(key, pending[key]) end
 return result
 """
 
