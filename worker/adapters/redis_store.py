@@ -135,7 +135,8 @@ local function flush(key, p)
     if scores[j] then sums[m] = tonumber(scores[j]) else sums[m] = 0; new = new + 1 end
   end
   if p.bounded and new > 0 and redis.call('ZCARD', key) + new > 2 * keep then
-    -- A trim may fall between these increments: apply them one by one.
+    -- A trim may fall between these increments: apply them one by one (a
+    -- bounded row's increments are all 1s, what bump adds).
     for j = 1, #p, 2 do bump(key, p[j]) end
     return
   end
