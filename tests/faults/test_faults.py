@@ -180,15 +180,19 @@ async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
     drain = 3
     server = RedisServer(tmp_path / "redis-private")
     server.start()
+    feeder: asyncio.Task[int] | None = None
     try:
         run = make_run("drain", REDIS_URL=server.url, SHUTDOWN_DRAIN_S=str(drain))
-        records = gen_events(4_000, users=1_000, seed=3)
+        records = gen_events(6_000, users=1_000, seed=3)
         t0 = time.monotonic()
         expected = await _expected(run, records, redis_url=redis_url)
         w = run.worker("w")
         w.start()
         await _until_ready(w)
-        sent = await produce(run.broker, run.env["EVENTS_TOPIC"], records)
+        # Paced (~12 s), so events still arrive once Redis is down, however fast
+        # the worker is: the apply is then certainly stuck retrying.
+        feeder = asyncio.create_task(produce(run.broker, run.env["EVENTS_TOPIC"], records,
+                                             rate=500))
         await eventually(lambda: _buffered_at_least(server.url, run.prefix, 200),
                          timeout=60, what="ingest under way")
         client = Redis.from_url(server.url)
@@ -204,6 +208,7 @@ async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
         server.start()
         w2 = run.worker("w2")
         w2.start()
+        sent = await feeder
         await wait_caught_up(run.broker, run.group, run.topics, timeout=180)
         actual = await snapshot(server.url, run.prefix)
         diff = compare(expected, actual)
@@ -216,6 +221,8 @@ async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
         assert took < drain + 20, took
         assert diff.ok, diff.examples
     finally:
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
         server.stop()
 
 
