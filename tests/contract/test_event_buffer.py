@@ -244,6 +244,18 @@ async def test_co_interactions_stay_bounded(kind: str, redis_url: str) -> None:
     assert rows["hub"]["p0"] == 30.0
 
 
+async def _one_call_and_one_per_event(client: Any, evs: list[Any], **options: Any
+                                      ) -> tuple[RedisEventBuffer, RedisEventBuffer]:
+    """``evs`` appended in one call (key prefix "one") and one call per event
+    ("many"), on the same server."""
+    batched = RedisEventBuffer(client, key_prefix="one", **options)
+    await batched.append_many(evs)
+    single = RedisEventBuffer(client, key_prefix="many", **options)
+    for ev in evs:
+        await single.append(ev)
+    return batched, single
+
+
 async def test_trimmed_rows_are_the_same_in_one_call_or_many(redis_url: str) -> None:
     """Rows trimmed many times within one append call end exactly as with one
     call per event, and as in the in-memory buffer (same partners, same counts:
@@ -256,12 +268,7 @@ async def test_trimmed_rows_are_the_same_in_one_call_or_many(redis_url: str) -> 
     want, want_counts = await memory.co_interactions(items, per_item=100)
     assert max(len(r) for r in want.values()) > 3  # the bound was reached and trimmed
     async with fresh_redis(redis_url) as client:
-        batched = RedisEventBuffer(client, co_keep=3, co_partners=4, key_prefix="one")
-        await batched.append_many(evs)
-        single = RedisEventBuffer(client, co_keep=3, co_partners=4, key_prefix="many")
-        for ev in evs:
-            await single.append(ev)
-        for buf in (batched, single):
+        for buf in await _one_call_and_one_per_event(client, evs, co_keep=3, co_partners=4):
             rows, counts = await buf.co_interactions(items, per_item=100)
             assert rows == want
             assert counts == want_counts
@@ -291,11 +298,7 @@ async def test_shared_sets_are_exactly_those_of_one_call_per_event(redis_url: st
                 for k in shared}
 
     async with fresh_redis(redis_url) as client:
-        batched = RedisEventBuffer(client, co_keep=6, co_partners=5, key_prefix="one")
-        await batched.append_many(evs)
-        single = RedisEventBuffer(client, co_keep=6, co_partners=5, key_prefix="many")
-        for ev in evs:
-            await single.append(ev)
+        await _one_call_and_one_per_event(client, evs, co_keep=6, co_partners=5)
         want, got = await state(client, "many"), await state(client, "one")
     rows = [k for k in want if ":co:" in k]
     assert len(rows) > 30 and ":pop" in want and ":cnt" in want

@@ -122,11 +122,20 @@ async def _readyz(w: Any) -> int | None:
     return await asyncio.to_thread(get)
 
 
+async def _take_down(server: RedisServer) -> None:
+    """Stop a private redis-server mid-stream, keeping its data (SHUTDOWN SAVE)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(server.url)
+    with contextlib.suppress(Exception):  # the connection drops as it shuts down
+        await client.shutdown(save=True)
+    await client.aclose()
+    await asyncio.to_thread(server.proc.wait, 10)  # type: ignore[union-attr]
+
+
 async def test_redis_outage(make_run: Any, redis_url: str, tmp_path: Path) -> None:
     """Redis stops for 12 s mid-stream and comes back: the worker waits, retries,
     skips nothing and catches up (a private redis-server; data kept by SHUTDOWN SAVE)."""
-    from redis.asyncio import Redis
-
     server = RedisServer(tmp_path / "redis-private")
     server.start()
     try:
@@ -140,11 +149,7 @@ async def test_redis_outage(make_run: Any, redis_url: str, tmp_path: Path) -> No
         sent = await produce(run.broker, run.env["EVENTS_TOPIC"], records)
         await eventually(lambda: _buffered_at_least(server.url, run.prefix, 500),
                          timeout=60, what="ingest under way")
-        client = Redis.from_url(server.url)
-        with contextlib.suppress(Exception):  # the connection drops as it shuts down
-            await client.shutdown(save=True)
-        await client.aclose()
-        await asyncio.to_thread(server.proc.wait, 10)  # type: ignore[union-attr]
+        await _take_down(server)
         down_at = time.monotonic()
         statuses: list[int | None] = []
         while time.monotonic() - down_at < 12:  # the outage lasts 12 s
@@ -175,8 +180,6 @@ async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
     """SIGTERM while every apply is retrying a Redis outage: the in-flight events
     cannot finish, so the worker gives up on them after SHUTDOWN_DRAIN_S, exits 0
     without committing them, and a new worker applies them once Redis is back."""
-    from redis.asyncio import Redis
-
     drain = 3
     server = RedisServer(tmp_path / "redis-private")
     server.start()
@@ -195,11 +198,7 @@ async def test_sigterm_during_redis_outage(make_run: Any, redis_url: str,
                                              rate=500))
         await eventually(lambda: _buffered_at_least(server.url, run.prefix, 200),
                          timeout=60, what="ingest under way")
-        client = Redis.from_url(server.url)
-        with contextlib.suppress(Exception):  # the connection drops as it shuts down
-            await client.shutdown(save=True)
-        await client.aclose()
-        await asyncio.to_thread(server.proc.wait, 10)  # type: ignore[union-attr]
+        await _take_down(server)
         await asyncio.to_thread(w.wait_for_log, "transient failure", 30)
         stop_at = time.monotonic()
         code = await asyncio.to_thread(w.stop, signal.SIGTERM, 60)
