@@ -10,6 +10,7 @@ gather -> decide (pure) -> apply:
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class ApplyResult:
         return sum(1 for s in self.statuses if s is AppendStatus.DUPLICATE)
 
 
+#: Signals computed between two yields to the event loop (see ``IngestPipeline.apply``).
+_YIELD_EVERY = 16
+
 #: Users per append/fetch/save round of ``IngestPipeline.apply`` (APPLY_MAX_USERS).
 APPLY_MAX_USERS = 256
 
@@ -148,49 +152,88 @@ class IngestPipeline:
         window, not by the batch (a batch of a few thousand users with full
         windows is tens of MB of transient objects, and the allocator keeps its
         high-water mark).
+
+        Rounds overlap: the next round's append and fetch (Redis's work, on
+        Redis's core) is sent before this round's signals are computed (this
+        process's work). Rounds touch disjoint users, and what they share
+        (popularity, counts, co-interaction rows) only takes increments, so the
+        stored state is that of the rounds one after the other; at most two
+        rounds' windows are held at once.
         """
         per_user: dict[str, list[int]] = {}
         for i, ev in enumerate(events):
             per_user.setdefault(ev.user_id, []).append(i)
         if len(per_user) <= self.max_users:
-            return await self._apply(events)
+            clock = StageClock(self.observe)
+            try:
+                with clock("redis"):
+                    fetched = await self.buffer.append_and_fetch(events)
+                return await self._finish(events, fetched, clock)
+            finally:
+                clock.report()
         uids = list(per_user)
+        rounds = [sorted(i for u in uids[start:start + self.max_users] for i in per_user[u])
+                  for start in range(0, len(uids), self.max_users)]
         statuses: list[AppendStatus] = [AppendStatus.DUPLICATE] * len(events)
         out = ApplyResult(statuses, [], {})
-        for start in range(0, len(uids), self.max_users):
-            idxs = sorted(i for u in uids[start:start + self.max_users] for i in per_user[u])
-            part = await self._apply([events[i] for i in idxs])
-            for i, st in zip(idxs, part.statuses, strict=True):
-                statuses[i] = st
-            out.encoded.update(part.encoded)
-            out.conflicts.extend(part.conflicts)
+
+        def fetch(r: int) -> asyncio.Future[Any]:
+            return asyncio.ensure_future(
+                self.buffer.append_and_fetch([events[i] for i in rounds[r]]))
+
+        ahead: asyncio.Future[Any] | None = fetch(0)
+        try:
+            for r, idxs in enumerate(rounds):
+                clock = StageClock(self.observe)
+                try:
+                    with clock("redis"):
+                        assert ahead is not None
+                        fetched = await ahead
+                    ahead = None
+                    if r + 1 < len(rounds):
+                        ahead = fetch(r + 1)
+                        await asyncio.sleep(0)  # it sends its call before the CPU work
+                    part = await self._finish([events[i] for i in idxs], fetched, clock)
+                finally:
+                    clock.report()
+                for i, st in zip(idxs, part.statuses, strict=True):
+                    statuses[i] = st
+                out.encoded.update(part.encoded)
+                out.conflicts.extend(part.conflicts)
+        finally:
+            if ahead is not None:  # on an error: stop the read ahead, leave nothing unretrieved
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         return out
 
-    async def _apply(self, events: Sequence[InteractionEvent]) -> ApplyResult:
-        clock = StageClock(self.observe)
-        try:
+    async def _finish(
+        self,
+        events: Sequence[InteractionEvent],
+        fetched: tuple[list[AppendStatus], dict[str, list[WindowRow]]],
+        clock: StageClock,
+    ) -> ApplyResult:
+        """Signals from the windows ``append_and_fetch`` read back, then saved."""
+        statuses, by_user = fetched
+        conflicts = [e for e, s in zip(events, statuses, strict=True)
+                     if s is AppendStatus.CONFLICT]
+        users = list(by_user)
+        windows = [by_user[u] for u in users]
+        ids = {row[1] for w in windows for row in w}
+        with clock("qdrant"):
+            contents = await self.content.get(ids)
+            vectors = await self.content.get_vectors(ids)
+        encoded: dict[str, bytes] = {}
+        with clock("signals"):
+            for n, (uid, window) in enumerate(zip(users, windows, strict=True), 1):
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a round read ahead sends and reads meanwhile
+                s = signals_from_rows(uid, window, contents=contents, vectors=vectors,
+                                      config=self.signal_config)
+                if s is not None:
+                    encoded[uid] = signals_to_json(s)
+        if encoded:
             with clock("redis"):
-                statuses, by_user = await self.buffer.append_and_fetch(events)
-            conflicts = [e for e, s in zip(events, statuses, strict=True)
-                         if s is AppendStatus.CONFLICT]
-            users = list(by_user)
-            windows = [by_user[u] for u in users]
-            ids = {row[1] for w in windows for row in w}
-            with clock("qdrant"):
-                contents = await self.content.get(ids)
-                vectors = await self.content.get_vectors(ids)
-            encoded: dict[str, bytes] = {}
-            with clock("signals"):
-                for uid, window in zip(users, windows, strict=True):
-                    s = signals_from_rows(uid, window, contents=contents, vectors=vectors,
-                                          config=self.signal_config)
-                    if s is not None:
-                        encoded[uid] = signals_to_json(s)
-            if encoded:
-                with clock("redis"):
-                    await self.users.save_encoded(encoded)
-        finally:
-            clock.report()
+                await self.users.save_encoded(encoded)
         return ApplyResult(statuses, conflicts, encoded)
 
 
