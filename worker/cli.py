@@ -17,6 +17,14 @@ import orjson
 from worker.recsys_core.errors import ConfigurationError, TransientStoreError
 from worker.settings import Settings, load_settings
 
+#: LOG_LEVEL -> Faust's ``--loglevel`` (which says "warn", and refuses "warning").
+_FAUST_LOGLEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
+
+
+def faust_loglevel(level: str) -> str:
+    """Faust's name for a LOG_LEVEL value."""
+    return _FAUST_LOGLEVELS[level]
+
 
 def _settings() -> Settings:
     try:
@@ -57,7 +65,7 @@ def worker(ctx: click.Context) -> None:
         raise click.ClickException(str(exc)) from None
     args = list(ctx.args)
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
-        args = ["-l", settings.log_level.lower(), *args]
+        args = ["-l", faust_loglevel(settings.log_level), *args]
     sys.argv = [sys.argv[0], "worker", *args]
     app.main()
 
