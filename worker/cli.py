@@ -54,10 +54,11 @@ def worker(ctx: click.Context) -> None:
     cap_malloc_arenas()  # before Faust, RocksDB and Qdrant start their threads
     settings = _settings()
     from worker.app import create_app
-    from worker.logs import configure_logging
+    from worker.logs import configure_logging, patch_faust_spinner
     from worker.topics import ensure_topics
 
     configure_logging(settings)
+    patch_faust_spinner()
     try:
         asyncio.run(ensure_topics(settings, kafka_options(settings)))
         app = create_app(settings)

@@ -155,3 +155,32 @@ def faust_logging_config(settings: Settings) -> dict[str, Any]:
             }
         },
     }
+
+
+_NO_SPINNER_MARK = "_recsys_no_spinner"
+
+
+def patch_faust_spinner() -> None:
+    """No terminal spinner, so the root logger keeps the chosen level.
+
+    At a log level of WARN or above (LOG_LEVEL=WARNING or ERROR), Faust's worker
+    shows a progress spinner that turns on every log record: it sets the root
+    logger to DEBUG and adds a handler at DEBUG for it. Every ``log.debug`` of
+    aiokafka, Faust and mode (several per fetch, per request sent) then builds
+    a LogRecord and runs the handlers: ~18 % of an idle worker's main thread at
+    10 requests/s (py-spy, LOG_LEVEL=WARNING). The worker is a service, so it
+    gets no spinner, at any level.
+    """
+    from faust.worker import Worker
+
+    original = Worker.on_setup_root_logger
+    if getattr(original, _NO_SPINNER_MARK, False):
+        return
+
+    def on_setup_root_logger(self: Any, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        original(self, logger, level)
+
+    setattr(on_setup_root_logger, _NO_SPINNER_MARK, True)
+    Worker.on_setup_root_logger = on_setup_root_logger  # type: ignore[method-assign]
+

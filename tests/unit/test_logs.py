@@ -107,3 +107,34 @@ def test_faust_logging_config_uses_our_formatter() -> None:
     assert cfg["handlers"]["default"]["filters"] == ["redact"]
     text = faust_logging_config(load_settings(log_json=False))
     assert "format" in text["formatters"]["recsys"]
+
+
+def test_faust_worker_leaves_the_chosen_log_level_alone() -> None:
+    """At WARN and above Faust's worker set the root logger to DEBUG for its
+    terminal spinner, so every debug call of aiokafka and Faust built a record."""
+    import faust
+
+    from worker.logs import patch_faust_spinner
+
+    def setup(level: int) -> logging.Logger:
+        logger = logging.Logger(f"root-{level}")  # stands for the root logger
+        logger.addHandler(logging.StreamHandler(io.StringIO()))
+        logger.setLevel(level)
+        worker = faust.Worker(faust.App(f"spin-{level}"), loglevel="warn")
+        worker.on_setup_root_logger(logger, level)
+        return logger
+
+    import faust.worker as fw
+    original = fw.Worker.on_setup_root_logger
+    try:
+        unpatched = setup(logging.WARNING)
+        assert unpatched.level == logging.DEBUG  # what Faust does by itself
+        patch_faust_spinner()
+        patch_faust_spinner()  # idempotent
+        for level in (logging.WARNING, logging.ERROR, logging.INFO):
+            logger = setup(level)
+            assert logger.level == level
+            assert not logger.isEnabledFor(logging.DEBUG)
+            assert len(logger.handlers) == 1  # no spinner handler
+    finally:
+        fw.Worker.on_setup_root_logger = original
