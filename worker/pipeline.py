@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -163,14 +163,6 @@ class IngestPipeline:
         per_user: dict[str, list[int]] = {}
         for i, ev in enumerate(events):
             per_user.setdefault(ev.user_id, []).append(i)
-        if len(per_user) <= self.max_users:
-            clock = StageClock(self.observe)
-            try:
-                with clock("redis"):
-                    fetched = await self.buffer.append_and_fetch(events)
-                return await self._finish(events, fetched, clock)
-            finally:
-                clock.report()
         uids = list(per_user)
         rounds = [sorted(i for u in uids[start:start + self.max_users] for i in per_user[u])
                   for start in range(0, len(uids), self.max_users)]
@@ -181,17 +173,15 @@ class IngestPipeline:
             return asyncio.ensure_future(
                 self.buffer.append_and_fetch([events[i] for i in rounds[r]]))
 
-        ahead: asyncio.Future[Any] | None = fetch(0)
+        ahead = fetch(0) if rounds else None
         try:
             for r, idxs in enumerate(rounds):
                 clock = StageClock(self.observe)
                 try:
                     with clock("redis"):
-                        assert ahead is not None
-                        fetched = await ahead
-                    ahead = None
-                    if r + 1 < len(rounds):
-                        ahead = fetch(r + 1)
+                        fetched = await cast(asyncio.Future[Any], ahead)
+                    ahead = fetch(r + 1) if r + 1 < len(rounds) else None
+                    if ahead is not None:
                         await asyncio.sleep(0)  # it sends its call before the CPU work
                     part = await self._finish([events[i] for i in idxs], fetched, clock)
                 finally:
