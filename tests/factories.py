@@ -39,8 +39,9 @@ def content(cid: str, *tags: str, title: str = "") -> Content:
     return Content(id=cid, title=title or f"item {cid}", tags=tuple(tags))
 
 
-def memory_app(app_id: str) -> Any:
-    """The worker's Faust app (``create_app``) on the in-memory adapters."""
+def memory_app(app_id: str, **settings: Any) -> Any:
+    """The worker's Faust app (``create_app``) on the in-memory adapters (``settings``:
+    more settings, as ``load_settings`` takes them)."""
     from worker.adapters.memory import (
         InMemoryContentStore,
         InMemoryEmbeddingModel,
@@ -53,5 +54,6 @@ def memory_app(app_id: str) -> Any:
 
     adapters = Adapters(InMemoryEventBuffer(window_days=30), InMemoryUserModelStore(),
                         InMemoryContentStore(), InMemoryEmbeddingModel(dim=8))
-    return create_app(load_settings(app_id=app_id, embedding="hash", table_store="memory://"),
+    return create_app(load_settings(app_id=app_id, embedding="hash", table_store="memory://",
+                                    **settings),
                       services=build_services(adapters))

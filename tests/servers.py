@@ -95,9 +95,7 @@ class WorkerProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "worker", "worker", "--without-web"]
-                if self.env.get("WEB_PORT") == "0"
-                else [self.python, "-m", "worker", "worker"],
+                [self.python, "-m", "worker", "worker"],
                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             )
 

@@ -10,10 +10,12 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import signal
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -246,6 +248,14 @@ def register_malloc_trim(app: RecsysApp, interval_s: float) -> None:
                   took * 1000)
 
 
+def faust_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Faust reads its settings from: all of it but the worker's
+    own settings' variables (``Settings``), which reach Faust as validated values."""
+    ours = {name.upper() for name in Settings.model_fields}
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.upper() not in ours}
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> RecsysApp:
     """The worker app with its topics, table and agents."""
     apply_kafka_patches()
@@ -256,7 +266,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         reply_create_topic=True,
-        web_port=settings.web_port,
+        # WEB_PORT=0 turns the web server off. Faust's own setting refuses port 0
+        # (ImproperlyConfigured at the first table), so it is not passed then.
+        **({"web_port": settings.web_port} if settings.web_port else {}),
         web_enabled=settings.web_port != 0,
         store=settings.table_store,
         datadir=str(settings.data_dir),
@@ -277,6 +289,12 @@ def create_app(settings: Settings, *, services: Services | None = None) -> Recsy
         autodiscover=False,
         version=1,
         logging_config=faust_logging_config(settings),
+        # Faust reads settings from the environment too, over the values passed
+        # here, and some of its names are ours (WEB_PORT, TOPIC_PARTITIONS,
+        # PRODUCER_LINGER_MS): those reached it unvalidated (WEB_PORT=0 stopped the
+        # worker). It sees the environment without them; its own variables
+        # (BROKER_SESSION_TIMEOUT, ...) still apply.
+        env=faust_environment(),
     )
     app.settings = settings
     app.fetch_tuning = (settings.fetch_min_bytes, settings.fetch_max_wait_ms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,11 +65,21 @@ def worker(ctx: click.Context) -> None:
         app = create_app(settings)
     except (ConfigurationError, TransientStoreError) as exc:
         raise click.ClickException(str(exc)) from None
-    args = list(ctx.args)
+    sys.argv = [sys.argv[0], "worker", *faust_worker_args(settings, ctx.args)]
+    app.main()
+
+
+def faust_worker_args(settings: Settings, given: Sequence[str]) -> list[str]:
+    """Faust's ``worker`` options: ``given`` (passed through) plus what the settings
+    imply where ``given`` does not say: the log level, and ``--without-web`` for
+    WEB_PORT=0 (Faust's command enables the web server unless told otherwise,
+    whatever the app's ``web_enabled``)."""
+    args = list(given)
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args = ["-l", faust_loglevel(settings.log_level), *args]
-    sys.argv = [sys.argv[0], "worker", *args]
-    app.main()
+    if settings.web_port == 0 and not {"--with-web", "--without-web"} & set(args):
+        args.append("--without-web")
+    return args
 
 
 @cli.command()

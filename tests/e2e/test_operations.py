@@ -385,6 +385,31 @@ def _timed_stop(w: WorkerProcess) -> tuple[int | None, float]:
 DEAD_LETTER_LINE = re.compile(r"dead-lettered \d+ of \d+ records: .*invalid_json=\d+")
 
 
+async def test_web_port_0_runs_the_worker_without_its_web_server(
+        stack: Stack, tmp_path: Path) -> None:
+    """WEB_PORT=0 disables the web server (README). It used to stop the worker at
+    start-up: Faust refuses port 0 ("Value 0 is out of range for Port")."""
+    prefix = f"{stack.prefix}nw"
+    w = stack.worker("noweb", WEB_PORT="0", APP_ID=f"{stack.env['APP_ID']}-noweb",
+                     KEY_PREFIX=prefix, QDRANT_PATH=own_qdrant(stack, tmp_path, "noweb"))
+    w.start()
+    try:
+        w.wait_for_log("[^Worker]: Ready", timeout=120)
+        user = f"nw-{uuid.uuid4().hex[:6]}"
+        await produce(stack, [(user.encode(), track(user, "100"))])
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            await eventually(lambda: redis.get(f"{prefix}:{{{user}}}:sig"),
+                             what="the event applied")
+        finally:
+            await redis.aclose()
+    finally:
+        assert w.stop() == 0
+    log = w.log()
+    assert "web_port=off" in log  # the start line
+    assert "Traceback" not in log
+
+
 async def test_json_logs_and_secrets_never_printed(stack: Stack, tmp_path: Path) -> None:
     """A worker at DEBUG with a Redis password and a SASL password set prints neither;
     with LOG_JSON=true our lines and Faust's are JSON objects."""
