@@ -40,6 +40,10 @@ class _AppCollector(Collector):
         yield _counter("interactions_redelivered", "Interactions that were already in the "
                        "Redis buffer (a redelivery or re-read; nothing changed).",
                        st.interactions_redelivered)
+        yield _counter("interactions_forwarded", "Interactions sent through the repartition "
+                       "topic (their raw record was on another partition than their user's, or "
+                       "the events topic is not co-partitioned with the table); the others "
+                       "are applied by the ingest agent itself.", st.interactions_forwarded)
         dl = CounterMetricFamily(f"{PREFIX}_dead_lettered", "Records sent to the dead-letter "
                                  "topic, by reason.", labels=["reason"])
         for reason, n in sorted(st.dead_lettered.items()):

@@ -11,6 +11,7 @@ gather -> decide (pure) -> apply:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,22 +228,26 @@ class IngestPipeline:
         return ApplyResult(statuses, conflicts, encoded)
 
 
+def user_partition(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives a record keyed by
+    ``user_id``: the partition of the signals table and of requests keyed by it."""
+    return _murmur2_partition(user_id.encode(), partitions)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _murmur2_partition(key: bytes, partitions: int) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def group_by_partition(
     events: Sequence[InteractionEvent], partitions: int
 ) -> dict[int, list[InteractionEvent]]:
-    """Group events by the partition Kafka's default (murmur2) partitioner gives
-    their user id: the partition of the signals table and of requests keyed by it.
-    """
-    from aiokafka.partitioner import murmur2
-
+    """Group events by their user's partition (``user_partition``)."""
     out: dict[int, list[InteractionEvent]] = defaultdict(list)
-    cache: dict[str, int] = {}
     for ev in events:
-        p = cache.get(ev.user_id)
-        if p is None:
-            p = (murmur2(ev.user_id.encode()) & 0x7FFFFFFF) % partitions
-            cache[ev.user_id] = p
-        out[p].append(ev)
+        out[user_partition(ev.user_id, partitions)].append(ev)
     return out
 
 

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         5_000, ge=1, le=1_000_000,
         description="The apply agent works on at most this many interactions at a time "
         "(whole messages, in order): bounds its memory and the length of one Redis script.")
+    direct_apply: bool = Field(
+        True,
+        description="When the events topic has TOPIC_PARTITIONS partitions, the ingest agent "
+        "applies the interactions of users whose partition their raw record is on (records "
+        "keyed by user id) itself, without the repartition topic.")
     apply_max_users: int = Field(
         256, ge=1, le=100_000,
         description="The apply agent appends, reads back the windows of and saves at most "

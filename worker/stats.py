@@ -27,6 +27,9 @@ class Stats:
     #: interactions that were already stored (a redelivery after a restart,
     #: rebalance or re-read): nothing changed, signals saved again
     interactions_redelivered: int = 0
+    #: interactions sent through the repartition topic: their raw record was not on
+    #: their user's partition, or the events topic is not co-partitioned
+    interactions_forwarded: int = 0
     requests_served: int = 0
     requests_failed: int = 0
     #: where a request's signals came from: "table", "redis" or "none" (unknown user)

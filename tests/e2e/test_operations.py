@@ -142,6 +142,35 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
     assert "invalid_json=1" in worker.log()
 
 
+async def test_records_on_their_users_partition_skip_the_repartition_topic(
+        stack: Stack, worker: WorkerProcess) -> None:
+    """The events topic has TOPIC_PARTITIONS partitions: a record keyed by its user
+    is on its user's partition, and the ingest agent applies it itself; a record
+    keyed otherwise goes through the repartition topic. Both are applied."""
+    from worker.pipeline import user_partition
+
+    await wait_ready(worker)
+    parts = int(stack.env["TOPIC_PARTITIONS"])
+    keyed, other = f"dir-{uuid.uuid4().hex[:6]}", f"fwd-{uuid.uuid4().hex[:6]}"
+    key = next(k for k in (f"anon-{i}" for i in range(1000))
+               if user_partition(k, parts) != user_partition(other, parts))
+    before = await metrics(worker)
+    await produce(stack, [(keyed.encode(), track(keyed, "100")),
+                          (key.encode(), track(other, "101"))])
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        for user in (keyed, other):
+            await eventually(lambda u=user: redis.get(f"{stack.prefix}:{{{u}}}:sig"),
+                             what=f"{user}'s signals")
+    finally:
+        await redis.aclose()
+    after = await metrics(worker)
+    forwarded = "recsys_interactions_forwarded_total"
+    assert after[forwarded] - before.get(forwarded, 0.0) == 1
+    assert after["recsys_interactions_written_total"] - before[
+        "recsys_interactions_written_total"] >= 2
+
+
 # --- readiness follows Redis (a private redis-server) ----------------------------------
 
 

@@ -9,12 +9,25 @@ Two agents, because per-user state must be owned by the worker that owns the use
 * ``apply`` reads those messages and runs the idempotent ingest pipeline, then
   writes each touched user's signals into the table.
 
+When the events topic has the table's partition count, Faust assigns its
+partition ``p`` to the worker that owns the table's partition ``p`` (same
+count, same subscribers: one co-partitioned group), so a record keyed by its
+user id is already where its user's state is. The ingest agent then applies
+those interactions itself (``DIRECT_APPLY``) and forwards only the others: no
+repartition message, no second consumer hop. Within a raw partition a user's
+interactions all take the same path, so their order is kept; across raw
+partitions there never was an order. The two agents never apply at the same
+time on a worker (one lock), so a user's signals are saved in the order its
+interactions were applied.
+
 Both ack a record only after its effects are durable (``noack`` streams), and
 retry transient failures without moving on, so nothing is lost or skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,6 +45,7 @@ from worker.pipeline import (
     encode_interactions,
     group_by_partition,
     parse_batch,
+    user_partition,
 )
 from worker.recsys_core.errors import StoreError, TransientStoreError
 from worker.retry import RetryState, retry_forever
@@ -46,6 +60,8 @@ log = logging.getLogger("worker.ingest")
 
 #: Repartition messages stay well under Faust's producer limit (1,000,000 bytes).
 MAX_INTERACTIONS_MESSAGE_BYTES = 256 * 1024
+#: Parsed ingest batches waiting for the ingest agent's own apply (see ``ingest``).
+DIRECT_QUEUE_BATCHES = 16
 #: Dead letters keep at most this much of the original record (x-dlq-truncated says).
 DLQ_MAX_VALUE_BYTES = 512 * 1024
 DLQ_MAX_KEY_BYTES = 1024
@@ -104,32 +120,124 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
             value = value[:DLQ_MAX_VALUE_BYTES]
         return lambda: dlq_topic.send(key=key, value=value, headers=headers)
 
+    interactions_name = interactions_topic.get_topic_name()
+    apply_lock = asyncio.Lock()  # one apply at a time on this worker (see the docstring)
+
+    def direct_apply() -> bool:
+        """Whether the events topic is co-partitioned with the table in this
+        generation's assignment: the leader's assignor put it in the group of the
+        interactions topic (same partition count), and this worker has the same
+        partitions of both."""
+        if not s.direct_apply:
+            return False
+        assignor = app.assignor
+        try:
+            if (assignor.group_for_topic(s.events_topic)
+                    != assignor.group_for_topic(interactions_name)):
+                return False
+        except KeyError:  # not assigned yet
+            return False
+        mine: dict[str, set[int]] = {s.events_topic: set(), interactions_name: set()}
+        for tp in assignor.assigned_actives():
+            if tp.topic in mine:
+                mine[tp.topic].add(tp.partition)
+        return mine[s.events_topic] == mine[interactions_name]
+
     @app.agent(events_topic, name="ingest")
     async def ingest(stream: Any) -> None:
-        async for batch in take_batches(stream, s.batch_size, linger=s.batch_within_ms / 1000):
-            with stats.timed("ingest"):
-                records = [
-                    (ev.key, ev.value,
-                     f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}")
-                    for ev in batch if not is_sentinel(ev.headers)
-                ]
-                stats.records_consumed += len(records)
-                with stats.timed("ingest", "parse"):
-                    parsed = parse_batch(records)
-                sends = [dead_letter_send(dl) for dl in parsed.dead_letters]
-                for partition, evs in group_by_partition(parsed.interactions,
-                                                         s.topic_partitions).items():
-                    for payload in encode_bounded(evs):
-                        sends.append(lambda p=partition, v=payload: interactions_topic.send(
-                            value=v, partition=p))
-                await send_all(sends)
+        # A batch's own users are applied by a task of the agent (``apply_queued``),
+        # so that the next batches are taken, parsed and forwarded while Redis
+        # works, and so that under a backlog one apply takes several batches (up
+        # to APPLY_MAX_INTERACTIONS): applied batch by batch in the agent's loop,
+        # a backlog went 20 % slower than through the apply agent. Batches are
+        # applied, and acked, in the order they came.
+        queue: asyncio.Queue[tuple[list[Any], list[tuple[Any, list[Any]]]]] = \
+            asyncio.Queue(maxsize=DIRECT_QUEUE_BATCHES)
+        applier = asyncio.ensure_future(apply_queued(stream, queue))
+        try:
+            async for batch in take_batches(stream, s.batch_size,
+                                            linger=s.batch_within_ms / 1000):
+                with stats.timed("ingest"):
+                    owned = await forward(batch)
+                put = asyncio.ensure_future(queue.put((batch, owned)))
+                await asyncio.wait({put, applier}, return_when=asyncio.FIRST_COMPLETED)
+                if not put.done():  # the applier failed: fail the agent with its error
+                    put.cancel()
+                    applier.result()
+                    raise RuntimeError("the ingest agent's applier stopped")
+            await queue.join()  # the stream stopped: what was taken is applied and acked
+        finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+
+    async def apply_queued(stream: Any,
+                           queue: asyncio.Queue[tuple[list[Any], list[tuple[Any, list[Any]]]]]
+                           ) -> None:
+        """Apply the queued batches' own users, as many batches at a time as are
+        queued (up to APPLY_MAX_INTERACTIONS, in runs of at most that many, as the
+        apply agent works), then ack every record of those batches."""
+        limit = s.apply_max_interactions
+        while True:
+            items = [await queue.get()]
+            n = sum(len(ies) for _, ies in items[0][1])
+            while not queue.empty() and n < limit:
+                items.append(queue.get_nowait())
+                n += sum(len(ies) for _, ies in items[-1][1])
+            pieces = [(ev, ies[i:i + limit]) for _, owned in items for ev, ies in owned
+                      for i in range(0, len(ies), limit)]
+            for run in weighted_runs(pieces, lambda m: len(m[1]), limit):
+                await apply_owned(run)
+            for batch, _ in items:
                 for ev in batch:
                     await stream.ack(ev)
+                queue.task_done()
             stats.progress()
-            if parsed.dead_letters:
-                reasons = Counter(dl.reason for dl in parsed.dead_letters)
-                log.info("dead-lettered %d of %d records: %s", len(parsed.dead_letters),
-                         len(records), ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+
+    async def forward(batch: list[Any]) -> list[tuple[Any, list[Any]]]:
+        """Normalise a batch, dead-letter what is unusable, forward the interactions
+        of users whose partition their record is not on (all of them unless
+        ``direct_apply()``), and return the others: ``(an event of partition p,
+        the interactions of its users)`` per partition."""
+        by_partition: dict[int, list[Any]] = {}
+        for ev in batch:
+            if not is_sentinel(ev.headers):
+                by_partition.setdefault(ev.message.partition, []).append(ev)
+        records = sum(len(evs) for evs in by_partition.values())
+        stats.records_consumed += records
+        direct = direct_apply()
+        owned: list[tuple[Any, list[Any]]] = []
+        forwarded: list[Any] = []
+        dead_letters: list[DeadLetter] = []
+        with stats.timed("ingest", "parse"):
+            for p, evs in by_partition.items():
+                parsed = parse_batch([
+                    (ev.key, ev.value,
+                     f"{ev.message.topic}/{ev.message.partition}/{ev.message.offset}")
+                    for ev in evs])
+                dead_letters += parsed.dead_letters
+                if not direct:
+                    forwarded += parsed.interactions
+                    continue
+                mine = [ie for ie in parsed.interactions
+                        if user_partition(ie.user_id, s.topic_partitions) == p]
+                if mine:
+                    owned.append((evs[0], mine))
+                if len(mine) < len(parsed.interactions):
+                    forwarded += [ie for ie in parsed.interactions
+                                  if user_partition(ie.user_id, s.topic_partitions) != p]
+        stats.interactions_forwarded += len(forwarded)
+        sends = [dead_letter_send(dl) for dl in dead_letters]
+        for partition, fevs in group_by_partition(forwarded, s.topic_partitions).items():
+            for payload in encode_bounded(fevs):
+                sends.append(lambda p=partition, v=payload: interactions_topic.send(
+                    value=v, partition=p))
+        await send_all(sends)
+        if dead_letters:
+            reasons = Counter(dl.reason for dl in dead_letters)
+            log.info("dead-lettered %d of %d records: %s", len(dead_letters),
+                     records, ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+        return owned
 
     async def apply_refused_retried(evs: list[Any]) -> Any:
         """Apply; a store that *refuses* (Redis NOPERM from a too-narrow ACL, OOM,
@@ -161,30 +269,39 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
 
     async def apply_messages(stream: Any, messages: list[Any], decoded: list[list[Any]]
                              ) -> None:
-        with stats.timed("apply"):
-            evs: list[Any] = []
-            owner: dict[str, Any] = {}  # user id -> the message (partition) it came in
-            for event, interactions in zip(messages, decoded, strict=True):
-                evs.extend(interactions)
-                for ie in interactions:
-                    owner[ie.user_id] = event
-            result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
-                                         max_backoff=s.retry_max_backoff_s)
-            by_partition: dict[int, tuple[Any, dict[bytes, bytes]]] = {}
-            for uid, raw in result.encoded.items():
-                event = owner[uid]
-                by_partition.setdefault(event.message.partition, (event, {}))[1][
-                    uid.encode()] = raw
-            for event, values in by_partition.values():
-                await write_table_batch(app, table, values, event=event)
-            stats.interactions_written += result.added
-            stats.interactions_redelivered += result.duplicates
-            stats.last_applied_at = stats.clock()
-            if result.conflicts:
-                await send_all([dead_letter_send(conflict_dead_letter(c))
-                                for c in result.conflicts])
-            for event in messages:
-                await stream.ack(event)
+        await apply_owned(list(zip(messages, decoded, strict=True)))
+        for event in messages:
+            await stream.ack(event)
+
+    async def apply_owned(parts: list[tuple[Any, list[Any]]]) -> None:
+        """Apply interactions, in order, and write the touched users' signals into
+        the table: ``parts`` pairs an event being processed, of the partition its
+        users belong to (the table's partition for their writes), with their
+        interactions. Retries transient failures without moving on; returns once
+        the effects are durable (the caller then acks)."""
+        async with apply_lock:
+            with stats.timed("apply"):
+                evs: list[Any] = []
+                owner: dict[str, Any] = {}  # user id -> the event (partition) it came in
+                for event, interactions in parts:
+                    evs.extend(interactions)
+                    for ie in interactions:
+                        owner[ie.user_id] = event
+                result = await retry_forever(lambda evs=evs: apply_refused_retried(evs), retry,
+                                             max_backoff=s.retry_max_backoff_s)
+                by_partition: dict[int, tuple[Any, dict[bytes, bytes]]] = {}
+                for uid, raw in result.encoded.items():
+                    event = owner[uid]
+                    by_partition.setdefault(event.message.partition, (event, {}))[1][
+                        uid.encode()] = raw
+                for event, values in by_partition.values():
+                    await write_table_batch(app, table, values, event=event)
+                stats.interactions_written += result.added
+                stats.interactions_redelivered += result.duplicates
+                stats.last_applied_at = stats.clock()
+                if result.conflicts:
+                    await send_all([dead_letter_send(conflict_dead_letter(c))
+                                    for c in result.conflicts])
         stats.progress()
         if result.conflicts:
             log.info("dead-lettered %d message id conflicts (users %s)",
