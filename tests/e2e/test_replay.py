@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,8 +86,12 @@ async def test_replay_rebuilds_is_idempotent_honours_from_and_spares_the_live_gr
     stack: Stack, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     early, late = _records("early", 6), _records("late", 4)
-    t_early = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
-    t_late = int(datetime(2026, 2, 1, tzinfo=UTC).timestamp() * 1000)
+    # Record times within the broker's retention (the local stack keeps 24 h):
+    # older ones can be deleted by its retention check (every 5 min) before the
+    # replay reads them, which made this test fail now and then.
+    now = datetime.now(UTC)
+    t_early = int((now - timedelta(hours=6)).timestamp() * 1000)
+    t_late = int((now - timedelta(hours=2)).timestamp() * 1000)
     await _produce(stack, early, t_early)
     await _produce(stack, late, t_late)
     live = await _wait_applied(stack, len(early) + len(late))
@@ -115,7 +119,7 @@ async def test_replay_rebuilds_is_idempotent_honours_from_and_spares_the_live_gr
     assert second["duplicates"] == len(early) + len(late)
     assert compare(rebuilt, await snapshot(stack.redis_url, stack.prefix + "r")).ok
 
-    since = datetime(2026, 1, 15, tzinfo=UTC).isoformat()
+    since = (now - timedelta(hours=4)).isoformat()
     partial = _replay(stack, stack.prefix + "p", qdrant, "--from", since)
     assert partial["records_read"] == len(late)
     only_late = await snapshot(stack.redis_url, stack.prefix + "p")
