@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import Stack, track
-from tests.e2e.test_worker_e2e import client, eventually, produce
+from tests.e2e.test_worker_e2e import client, eventually, produce, saved_signals
 from tests.servers import RedisServer, WorkerProcess
 from worker.metrics import parse_metrics
 
@@ -97,11 +97,7 @@ async def test_metrics_move_when_events_flow(stack: Stack, worker: WorkerProcess
     n = 5
     records = [(user.encode(), track(user, str(100 + i))) for i in range(n)]
     await produce(stack, [*records, (None, b"{not json")])
-    redis = Redis.from_url(stack.redis_url)
-    try:
-        await eventually(lambda: redis.get(f"{stack.prefix}:{{{user}}}:sig"), what="signals")
-    finally:
-        await redis.aclose()
+    await saved_signals(stack.redis_url, stack.prefix, user)
     await produce(stack, records[:1])  # the same record again: a redelivery
     async with client(stack) as c:
         assert "items" in await c.recommend(user, k=3)
@@ -157,13 +153,7 @@ async def test_records_on_their_users_partition_skip_the_repartition_topic(
     before = await metrics(worker)
     await produce(stack, [(keyed.encode(), track(keyed, "100")),
                           (key.encode(), track(other, "101"))])
-    redis = Redis.from_url(stack.redis_url)
-    try:
-        for user in (keyed, other):
-            await eventually(lambda u=user: redis.get(f"{stack.prefix}:{{{u}}}:sig"),
-                             what=f"{user}'s signals")
-    finally:
-        await redis.aclose()
+    await saved_signals(stack.redis_url, stack.prefix, keyed, other)
     after = await metrics(worker)
     forwarded = "recsys_interactions_forwarded_total"
     assert after[forwarded] - before.get(forwarded, 0.0) == 1
@@ -426,12 +416,7 @@ async def test_web_port_0_runs_the_worker_without_its_web_server(
         w.wait_for_log("[^Worker]: Ready", timeout=120)
         user = f"nw-{uuid.uuid4().hex[:6]}"
         await produce(stack, [(user.encode(), track(user, "100"))])
-        redis = Redis.from_url(stack.redis_url)
-        try:
-            await eventually(lambda: redis.get(f"{prefix}:{{{user}}}:sig"),
-                             what="the event applied")
-        finally:
-            await redis.aclose()
+        await saved_signals(stack.redis_url, prefix, user)
     finally:
         assert w.stop() == 0
     log = w.log()

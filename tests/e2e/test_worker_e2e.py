@@ -35,6 +35,16 @@ async def produce(stack: Stack, records: list[tuple[bytes | None, bytes]]) -> No
         await producer.stop()
 
 
+async def saved_signals(redis_url: str, prefix: str, *users: str) -> list[bytes]:
+    """Wait until each user's signals are saved in Redis; their JSON, in order."""
+    redis = Redis.from_url(redis_url)
+    try:
+        return [await eventually(lambda u=u: redis.get(f"{prefix}:{{{u}}}:sig"),
+                                 what=f"{u}'s signals") for u in users]
+    finally:
+        await redis.aclose()
+
+
 def client(stack: Stack, **kw: Any) -> RecsysClient:
     return RecsysClient(stack.broker, requests_topic=stack.requests_topic, timeout=20.0, **kw)
 
@@ -353,12 +363,7 @@ async def test_either_consumer_mode_ingests_and_answers(
         assert f"consumer={expected}" in w.log()
         user = f"mode-{run}"
         await produce(own, [(user.encode(), track(user, c)) for c in ("120", "121", "122")])
-        redis = Redis.from_url(own.redis_url)
-        try:
-            await eventually(lambda: redis.get(f"{own.prefix}:{{{user}}}:sig"),
-                             what="saved signals")
-        finally:
-            await redis.aclose()
+        await saved_signals(own.redis_url, own.prefix, user)
         async with client(own) as c:
             reply = await c.recommend(user, k=5)
         assert not reply.get("cold_start") and len(reply["items"]) == 5, reply

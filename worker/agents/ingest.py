@@ -219,13 +219,12 @@ def register_ingest(app: RecsysApp, table: Any) -> None:
                 if not direct:
                     forwarded += parsed.interactions
                     continue
-                mine = [ie for ie in parsed.interactions
-                        if user_partition(ie.user_id, s.topic_partitions) == p]
+                mine = []
+                for ie in parsed.interactions:
+                    (mine if user_partition(ie.user_id, s.topic_partitions) == p
+                     else forwarded).append(ie)
                 if mine:
                     owned.append((evs[0], mine))
-                if len(mine) < len(parsed.interactions):
-                    forwarded += [ie for ie in parsed.interactions
-                                  if user_partition(ie.user_id, s.topic_partitions) != p]
         stats.interactions_forwarded += len(forwarded)
         sends = [dead_letter_send(dl) for dl in dead_letters]
         for partition, fevs in group_by_partition(forwarded, s.topic_partitions).items():
