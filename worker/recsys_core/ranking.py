@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from worker.recsys_core.config import RankConfig
-from worker.recsys_core.scoring import tag_scorer
+from worker.recsys_core.scoring import tag_score_bound, tag_scorer
 from worker.recsys_core.types import Candidate, Content, RecommendedItem, UserSignals
 
 
@@ -50,84 +51,122 @@ def rank(
     """
     if k <= 0:
         return ()
-    banned = set(exclude)
-    if signals is not None:
-        banned |= signals.seen_ids
-    by_source: dict[str, list[Candidate]] = defaultdict(list)
+    banned = signals.seen_ids if signals is not None else frozenset()
+    if exclude:
+        banned = banned | set(exclude)
+    by_source: dict[str, list[Candidate]] = {}
     for cand in candidates:
         if cand.content_id not in banned:
-            by_source[cand.source].append(cand)
+            group = by_source.get(cand.source)
+            if group is None:
+                by_source[cand.source] = [cand]
+            else:
+                group.append(cand)
 
-    combined: dict[str, float] = defaultdict(float)
+    # Per item: [summed part, sources, best part, its source, its detail]. One
+    # entry per item rather than four dicts: this loop runs for every candidate
+    # of every request (~250), and the dict operations were most of its cost.
+    acc: dict[str, list[Any]] = {}
     prior: dict[str, float] = {}
-    best_part: dict[str, tuple[float, str, str]] = {}
-    sources_of: dict[str, list[str]] = defaultdict(list)
+    prior_source = config.prior_source
     for source, cands in sorted(by_source.items()):
-        top = max((c.score for c in cands), default=0.0)
-        if source == config.prior_source:
-            for cand in cands:
-                if top > 0 and cand.score > 0 and cand.content_id not in prior:
-                    prior[cand.content_id] = cand.score / top
-                    sources_of[cand.content_id].append(source)
+        top = max(c.score for c in cands)
+        if source == prior_source:
+            if top > 0:
+                for cand in cands:
+                    if cand.score > 0 and cand.content_id not in prior:
+                        prior[cand.content_id] = cand.score / top
             continue
         weight = config.source_weights.get(source, 0.0)
         if weight == 0.0 or top <= 0.0:
             continue
         seen_here: set[str] = set()
         for cand in cands:
-            if cand.content_id in seen_here or cand.score <= 0:
+            cid, score = cand.content_id, cand.score
+            if score <= 0 or cid in seen_here:
                 continue
-            seen_here.add(cand.content_id)
-            part = weight * cand.score / top
-            combined[cand.content_id] += part
-            sources_of[cand.content_id].append(source)
-            prev = best_part.get(cand.content_id)
-            if prev is None or part > prev[0]:
-                best_part[cand.content_id] = (part, source, cand.detail)
+            seen_here.add(cid)
+            part = weight * score / top
+            entry = acc.get(cid)
+            if entry is None:
+                acc[cid] = [part, [source], part, source, cand.detail]
+            else:
+                entry[0] += part
+                entry[1].append(source)
+                if part > entry[2]:
+                    entry[2], entry[3], entry[4] = part, source, cand.detail
 
     affinities = signals.tag_affinities if signals is not None else {}
-    score_tag = tag_scorer(affinities)
     prior_boost, prior_alone, tag_weight = config.prior_boost, config.prior_alone, config.tag_weight
-    # (-score, id): sorted as they are, best first and ties by id
-    ranked: list[tuple[float, str]] = []
-    for cid in combined.keys() | prior.keys():
-        base, q = combined.get(cid, 0.0), prior.get(cid, 0.0)
+    bases: list[tuple[float, str]] = []  # (score before tags, id)
+    for cid, entry in acc.items():
+        base, q = entry[0], prior.get(cid, 0.0)
         if base > 0:
             base *= 1.0 + prior_boost * q
-        else:
+        else:  # a negative source weight: the prior alone, as for an item only it found
             base = prior_alone * q
-            best_part[cid] = (base, config.prior_source, "")
+            entry[2], entry[3], entry[4] = base, prior_source, ""
+        bases.append((base, cid))
+    for cid, q in prior.items():
+        if cid not in acc:
+            base = prior_alone * q
+            acc[cid] = [base, [], base, prior_source, ""]
+            bases.append((base, cid))
+
+    size = max(k * config.candidate_multiplier, k)
+    if len(bases) > size:
+        # Tags move a score by at most ``reach``: an item whose score before tags
+        # is more than twice that below the size-th best cannot reach the pool
+        # (the margin covers the rounding), so its tags are not scored. Most
+        # candidates are, and scoring their tags was a third of this function.
+        reach = abs(tag_weight) * tag_score_bound(affinities)
+        cut = sorted([b for b, _ in bases], reverse=True)[size - 1]
+        floor = cut - 2 * reach - 1e-8
+        bases = [bc for bc in bases if not bc[0] < floor]
+
+    score_tag = tag_scorer(affinities)
+    no_tags: tuple[str, ...] = ()
+    # (-score, id): sorted as they are, best first and ties by id
+    ranked: list[tuple[float, str]] = []
+    for base, cid in bases:
         content = contents.get(cid)
-        tags = content.tags if content is not None else ()
         # Rounded so that float noise (sums taken in another order by another
         # replica or a replay) can never reorder items: ties break by id.
-        ranked.append((-round(base + tag_weight * score_tag(tags), 9), cid))
+        ranked.append((-round(base + tag_weight * score_tag(
+            content.tags if content is not None else no_tags), 9), cid))
     ranked.sort()
-    pool = [(-neg, cid) for neg, cid in ranked[: max(k * config.candidate_multiplier, k)]]
+    pool = [(-neg, cid) for neg, cid in ranked[:size]]
 
     chosen: list[RecommendedItem] = []
     tag_uses: dict[str, int] = defaultdict(int)
-    leads = {cid: _lead_tag(contents.get(cid), affinities) for _, cid in pool}
+    leads: dict[str, str] = {}
+    penalty = config.diversity_penalty
     while pool and len(chosen) < k:
         best_i, best_val = 0, float("-inf")
         for i, (score, cid) in enumerate(pool):
-            lead = leads[cid]
-            val = score - config.diversity_penalty * tag_uses[lead] if lead else score
+            if score <= best_val and penalty >= 0:
+                break  # the pool is best first, and a penalty only lowers a score
+            lead = leads.get(cid)
+            if lead is None:
+                lead = leads[cid] = _lead_tag(contents.get(cid), affinities)
+            val = score - penalty * tag_uses[lead] if lead else score
             if val > best_val:
                 best_i, best_val = i, val
         score, cid = pool.pop(best_i)
         lead = leads[cid]
         if lead:
             tag_uses[lead] += 1
-        _, source, detail = best_part[cid]
+        entry = acc[cid]
+        source, detail = entry[3], entry[4]
         if source == "tags" and not detail and lead:
             detail = lead
+        sources = entry[1] + [prior_source] if cid in prior else entry[1]
         chosen.append(
             RecommendedItem(
                 content_id=cid,
                 score=round(best_val, 6),
                 reason=_reason(source, detail),
-                sources=tuple(sources_of[cid]),
+                sources=tuple(sorted(sources)),  # each source once, by name
             )
         )
     return tuple(chosen)

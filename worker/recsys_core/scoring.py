@@ -30,23 +30,43 @@ def tag_scorer(affinities: Mapping[str, float]) -> Callable[[Iterable[str]], flo
         return _zero
 
     scaled = {t: v / scale for t, v in affinities.items()}
+    get = scaled.get
     memo: dict[tuple[str, ...], float] = {}  # items often share their tags
 
     def score(tags: Iterable[str]) -> float:
-        key = tags if isinstance(tags, tuple) else tuple(tags)
+        key = tags if type(tags) is tuple else tuple(tags)
         hit = memo.get(key)
         if hit is None:
-            matched = [scaled[t] for t in set(key) if t in scaled]
+            # Each tag once, in the item's order (a tie in |v| keeps that order:
+            # the same on every replica, unlike a set's order).
+            matched = [v for t in (dict.fromkeys(key) if len(key) > 1 else key)
+                       if (v := get(t)) is not None]
             if len(matched) > 1:
-                # by |v| descending, ties in set order (a stable sort, as with -|v|)
-                matched.sort(key=abs, reverse=True)
-                hit = sum(v * (0.5**i) for i, v in enumerate(matched))
+                matched.sort(key=abs, reverse=True)  # stable: ties keep their order
+                hit = 0.0
+                step = 1.0
+                for v in matched:
+                    hit += v * step
+                    step *= 0.5
             else:  # the same float as the sum: 0 + v, or 0
                 hit = matched[0] if matched else 0.0
             memo[key] = hit
         return hit
 
     return score
+
+
+def tag_score_bound(affinities: Mapping[str, float]) -> float:
+    """No item's ``score_tag`` is larger than this in absolute value: its
+    contributions are halved at each step, so they sum to less than twice the
+    largest scaled affinity."""
+    if not affinities:
+        return 0.0
+    top = max(affinities.values())
+    scale = top if top > 0 else max(abs(v) for v in affinities.values())
+    if scale == 0:
+        return 0.0
+    return 2.0 * max(abs(v) for v in affinities.values()) / scale
 
 
 def _zero(tags: Iterable[str]) -> float:
