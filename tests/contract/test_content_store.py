@@ -150,6 +150,19 @@ class TestContentStoreContract:
         assert len(await store.search_vector(unit(0), limit=2)) == 2
         assert await store.search_vector(unit(0), limit=0) == []
 
+    async def test_search_vector_names_every_item_across_searches_and_writes(
+        self, store: Any
+    ) -> None:
+        """Ids come out right on a repeated search and after items are written
+        (the embedded store names points from memory once it has seen them)."""
+        await load(store)
+        first = [h.content_id for h in await store.search_vector(unit(2), limit=10)]
+        assert [h.content_id for h in await store.search_vector(unit(2), limit=10)] == first
+        assert set(first) == {c.id for c, _ in CATALOGUE}
+        await store.upsert([(Content(id="new-7", title="New"), unit(2))])
+        hits = await store.search_vector(unit(2), limit=2)
+        assert sorted(h.content_id for h in hits) == ["LB-7730-PB", "new-7"]
+
     async def test_search_vector_on_empty_store(self, store: Any) -> None:
         assert await store.search_vector(unit(0), limit=5) == []
 
