@@ -22,10 +22,7 @@ def score_tag(affinities: Mapping[str, float], tags: Iterable[str]) -> float:
 def tag_scorer(affinities: Mapping[str, float]) -> Callable[[Iterable[str]], float]:
     """``score_tag`` with the user's affinities bound: the scale is computed once,
     for scoring many items (each score is the same float ``score_tag`` gives)."""
-    if not affinities:
-        return _zero
-    top = max(affinities.values())
-    scale = top if top > 0 else max(abs(v) for v in affinities.values())
+    scale = _scale(affinities)
     if scale == 0:
         return _zero
 
@@ -60,13 +57,19 @@ def tag_score_bound(affinities: Mapping[str, float]) -> float:
     """No item's ``score_tag`` is larger than this in absolute value: its
     contributions are halved at each step, so they sum to less than twice the
     largest scaled affinity."""
-    if not affinities:
-        return 0.0
-    top = max(affinities.values())
-    scale = top if top > 0 else max(abs(v) for v in affinities.values())
+    scale = _scale(affinities)
     if scale == 0:
         return 0.0
     return 2.0 * max(abs(v) for v in affinities.values()) / scale
+
+
+def _scale(affinities: Mapping[str, float]) -> float:
+    """What affinities are divided by: the strongest positive one, else the
+    largest in size (0.0 when there are none)."""
+    if not affinities:
+        return 0.0
+    top = max(affinities.values())
+    return top if top > 0 else max(abs(v) for v in affinities.values())
 
 
 def _zero(tags: Iterable[str]) -> float:
