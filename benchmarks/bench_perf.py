@@ -370,13 +370,15 @@ async def scrape(session: Any, port: int) -> dict[str, float] | None:
     return {k.decode(): float(v) for k, v in _METRIC_RE.findall(body)}
 
 
-_STAGE_KEY = re.compile(r"^recsys_(?:stage|ingest_batch)_duration_seconds_(sum|count)"
-                        r"\{(?:agent=(\w+)|path=(\w+),stage=(\w+))\}$")
+_STAGE_KEY = re.compile(r"^recsys_(?:(?:stage|ingest_batch)_duration_seconds_(sum|count)"
+                        r"\{(?:agent=(\w+)|path=(\w+),stage=(\w+))\}"
+                        r"|request_duration_seconds_(sum|count))$")
 
 
 async def stage_totals(port: int) -> dict[str, dict[str, float]]:
     """The worker's stage histograms as ``{"path/stage": {"sum": s, "count": n}}``
-    (``agent/total`` for whole batches); empty if /metrics is not answering."""
+    (``agent/total`` for whole batches, ``request/total`` for whole requests);
+    empty if /metrics is not answering."""
     return (await worker_snapshot(port))[1]
 
 
@@ -405,9 +407,10 @@ async def worker_snapshot(port: int) -> tuple[dict[str, float], dict[str, dict[s
             counts[key] = float(value)
         found = _STAGE_KEY.match(key)
         if found:
-            kind, agent, path, stage = found.groups()
-            name = f"{agent}/total" if agent else f"{path}/{stage}"
-            stages.setdefault(name, {})[kind] = float(value)
+            kind, agent, path, stage, request_kind = found.groups()
+            name = ("request/total" if request_kind else f"{agent}/total" if agent
+                    else f"{path}/{stage}")
+            stages.setdefault(name, {})[kind or request_kind] = float(value)
     return counts, stages
 
 

@@ -13,8 +13,9 @@ appends it), and sends requests at fixed rates. Per request:
 * ``total``: the client's send → the client has the reply.
 
 Beside them, per phase: the worker's own request timing and stage means
-(``/metrics``), the worker's and Redis's CPU. ``worker`` minus the answer is what
-Kafka and Faust add inside the worker. One clock (the same machine).
+(``/metrics``), the worker's and Redis's CPU (read as ``bench_perf`` reads them).
+``worker`` minus the answer is what Kafka and Faust add inside the worker. One
+clock (the same machine).
 
 Writes ``benchmarks/results/request_path.json`` and ``request_path.png``. A
 benchmark, not a test: it never fails on a number.
@@ -27,14 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -51,11 +48,6 @@ from benchmarks.perf_events import user_id  # noqa: E402
 from worker.client import RecsysClient  # noqa: E402
 
 HOPS = ("send_to_appended", "worker", "reply_to_client", "total")
-_STAGE = re.compile(
-    r'recsys_stage_duration_seconds_(sum|count)\{path="request",stage="(\w+)"\} (\S+)')
-_REQUEST = re.compile(r"recsys_request_duration_seconds_(sum|count) (\S+)")
-
-
 class TimedClient(RecsysClient):
     """``RecsysClient`` that keeps, per request, the four times of its path."""
 
@@ -92,42 +84,8 @@ class TimedClient(RecsysClient):
         return sent, meta.timestamp / 1000, got["appended"], got["received"]
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's request timing and request stage sums and counts."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if m := _STAGE.match(line):
-            out[f"{m.group(2)}_{m.group(1)}"] = float(m.group(3))
-        elif m := _REQUEST.match(line):
-            out[f"answer_{m.group(1)}"] = float(m.group(2))
-    return out
-
-
-def redis_cpu_seconds(port: str) -> float | None:
-    """CPU seconds the local stack's redis-server has used (None if not found)."""
-    try:
-        pid = subprocess.run(["pgrep", "-f", f"redis-server.*:{port}"], capture_output=True,
-                             text=True).stdout.split()[0]
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (IndexError, OSError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    means = {}
-    for key in after:
-        if key.endswith("_sum"):
-            name = key[: -len("_sum")]
-            n = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
-            if n > 0:
-                means[f"{name}_mean_ms"] = round((after[key] - before.get(key, 0)) / n * 1000, 2)
-    return means
-
-
 async def run_phase(client: TimedClient, live: bp.Live, users: list[str], rate: float,
-                    concurrency: int, redis_port: str) -> dict[str, Any]:
+                    concurrency: int, redis_url: str) -> dict[str, Any]:
     """Open loop: request i is due at t0 + i/rate; at most ``concurrency`` in flight."""
     times: list[tuple[float, float, float, float]] = []
     nxt = 0
@@ -143,12 +101,12 @@ async def run_phase(client: TimedClient, live: bp.Live, users: list[str], rate: 
                 await asyncio.sleep(delay)
             times.append(await client.timed(users[i]))
 
-    metrics0, cpu0, redis0 = scrape(live.port), bp.cpu_seconds(live.worker), redis_cpu_seconds(
-        redis_port)
+    stages0, cpu0 = await bp.stage_totals(live.port), bp.cpu_seconds(live.worker)
+    redis0 = await bp.redis_load_at(redis_url)
     await asyncio.gather(*(runner() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    metrics1, cpu1, redis1 = scrape(live.port), bp.cpu_seconds(live.worker), redis_cpu_seconds(
-        redis_port)
+    stages1, cpu1 = await bp.stage_totals(live.port), bp.cpu_seconds(live.worker)
+    redis1 = await bp.redis_load_at(redis_url)
     hops = {
         "send_to_appended": [b - a for a, b, _, _ in times],
         "worker": [c - b for _, b, c, _ in times],
@@ -158,14 +116,18 @@ async def run_phase(client: TimedClient, live: bp.Live, users: list[str], rate: 
     out: dict[str, Any] = {"rate": rate, "concurrency": concurrency, "requests": len(times),
                            "achieved_rate": round(len(times) / elapsed, 1)}
     out["hops"] = {k: bp.latency_summary(v) for k, v in hops.items()}
-    out["worker_metrics"] = stage_means(metrics0, metrics1)
+    out["worker_stages"] = bp.stage_share(stages0, stages1, elapsed)
     out["worker_cpu"] = bp.cpu_share(cpu0, cpu1, elapsed)
-    if redis0 is not None and redis1 is not None:
-        out["redis_cores"] = round((redis1 - redis0) / elapsed, 3)
+    out["redis"] = bp.redis_share(redis0, redis1, elapsed)
     med = {k: out["hops"][k]["p50_ms"] for k in HOPS}
     bp.log(f"  {rate:g}/s, {concurrency} in flight: medians {med} ms; the worker's answer "
-           f"{out['worker_metrics'].get('answer_mean_ms')} ms on average")
+           f"{answer_ms(out)} ms on average")
     return out
+
+
+def answer_ms(phase: dict[str, Any]) -> float:
+    """The worker's mean time to answer a request over the phase (its own timing)."""
+    return float(phase["worker_stages"].get("request/total", {}).get("mean_ms", 0.0))
 
 
 def plot(phases: list[dict[str, Any]], path: Path) -> None:
@@ -184,7 +146,7 @@ def plot(phases: list[dict[str, Any]], path: Path) -> None:
     for key, label in parts:
         vals = []
         for p in phases:
-            answer = p["worker_metrics"].get("answer_mean_ms") or 0.0
+            answer = answer_ms(p)
             if key == "answer":
                 vals.append(answer)
             elif key == "worker_rest":
@@ -209,7 +171,6 @@ async def main(args: argparse.Namespace) -> int:
     broker = st.get("KAFKA_BROKER", "127.0.0.1:19092")
     base = st.get("REDIS_URL", "redis://127.0.0.1:16379/0")
     redis_url = base.rsplit("/", 1)[0] + "/3"
-    redis_port = base.rsplit(":", 1)[1].split("/")[0]
     run_id = f"path{uuid.uuid4().hex[:8]}"
     workdir = ROOT / ".cache" / "bench" / "runs" / run_id
     workdir.mkdir(parents=True)
@@ -244,7 +205,7 @@ async def main(args: argparse.Namespace) -> int:
             for rate, concurrency, n in phases:
                 users = [user_id(rng.randrange(live.users)) for _ in range(int(n))]
                 results.append(await run_phase(client, live, users, rate, int(concurrency),
-                                               redis_port))
+                                               redis_url))
         finally:
             await client.close()
     finally:
@@ -275,7 +236,7 @@ async def main(args: argparse.Namespace) -> int:
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     print(orjson.dumps({f"{p['rate']:g}/s": {k: p["hops"][k]["p50_ms"] for k in HOPS}
-                        | {"answer_mean_ms": p["worker_metrics"].get("answer_mean_ms")}
+                        | {"answer_mean_ms": answer_ms(p)}
                         for p in results}, option=orjson.OPT_INDENT_2).decode())
     return 0
 
