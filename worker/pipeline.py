@@ -25,7 +25,7 @@ from worker.adapters.rudderstack import parse_record
 from worker.recsys_core.codec import event_from_dict, event_to_dict
 from worker.recsys_core.config import SignalConfig
 from worker.recsys_core.ports import ContentStore, UserModelStore
-from worker.recsys_core.signals import WindowRow, signals_from_rows
+from worker.recsys_core.signals import WindowRow, signals_from_windows
 from worker.recsys_core.types import AppendStatus, InteractionEvent, UserSignals
 from worker.stats import StageClock, StageObserver
 
@@ -112,7 +112,8 @@ class ApplyResult:
         return sum(1 for s in self.statuses if s is AppendStatus.DUPLICATE)
 
 
-#: Signals computed between two yields to the event loop (see ``IngestPipeline.apply``).
+#: Signals computed between two yields to the event loop (see ``IngestPipeline.apply``),
+#: together (``signals_from_windows``).
 _YIELD_EVERY = 16
 
 #: Users per append/fetch/save round of ``IngestPipeline.apply`` (APPLY_MAX_USERS).
@@ -215,13 +216,16 @@ class IngestPipeline:
             vectors = await self.content.get_vectors(ids)
         encoded: dict[str, bytes] = {}
         with clock("signals"):
-            for n, (uid, window) in enumerate(zip(users, windows, strict=True), 1):
-                if n % _YIELD_EVERY == 0:
+            for start in range(0, len(users), _YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)  # a round read ahead sends and reads meanwhile
-                s = signals_from_rows(uid, window, contents=contents, vectors=vectors,
-                                      config=self.signal_config)
-                if s is not None:
-                    encoded[uid] = signals_to_json(s)
+                some = list(zip(users[start:start + _YIELD_EVERY],
+                                windows[start:start + _YIELD_EVERY], strict=True))
+                for (uid, _), s in zip(some, signals_from_windows(
+                        some, contents=contents, vectors=vectors, config=self.signal_config),
+                        strict=True):
+                    if s is not None:
+                        encoded[uid] = signals_to_json(s)
         if encoded:
             with clock("redis"):
                 await self.users.save_encoded(encoded)

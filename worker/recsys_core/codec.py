@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker.recsys_core.types import InteractionEvent, Recommendation, UserSignals
+from worker.recsys_core.types import Float32Vector, InteractionEvent, Recommendation, UserSignals
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -88,12 +89,13 @@ def signals_from_dict(d: dict[str, Any]) -> UserSignals:
     )
 
 
-def _pack_vector(v: tuple[float, ...] | None) -> str | None:
+def _pack_vector(v: Sequence[float] | None) -> str | None:
     """A float32 vector as base64 (little-endian): ~2 KB instead of ~7 KB of JSON
     numbers for 384 dimensions, and exact for the float32 values signals hold."""
     if not v:
         return None
-    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii")
+    raw = v.raw if isinstance(v, Float32Vector) else struct.pack(f"<{len(v)}f", *v)
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _unpack_vector(raw: str | list[float] | None) -> tuple[float, ...] | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
@@ -68,8 +69,51 @@ class UserSignals:
     tag_affinities: Mapping[str, float]
     recent_ids: tuple[str, ...]
     seen_ids: frozenset[str]
-    preference_vector: tuple[float, ...] | None = None
+    preference_vector: Sequence[float] | None = None
     version: int = 1
+
+
+class Float32Vector(Sequence[float]):
+    """A vector of float32 values held as their bytes (``raw``, little-endian),
+    read as Python floats only when asked: the ingest path computes a
+    preference vector per touched user only to store those bytes, and making
+    384 floats of it cost more than the rest of its arithmetic. Equal to the
+    tuple of its values (and hashed like it)."""
+
+    __slots__ = ("_values", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) % 4:
+            raise ValueError(f"float32 bytes come in fours, not {len(raw)}")
+        self.raw = raw
+        self._values: tuple[float, ...] | None = None
+
+    def values(self) -> tuple[float, ...]:
+        if self._values is None:
+            self._values = struct.unpack(f"<{len(self.raw) // 4}f", self.raw)
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self.raw) // 4
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.values()[i]
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Float32Vector):
+            return self.raw == other.raw or self.values() == other.values()
+        if isinstance(other, tuple):
+            return self.values() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.values())
+
+    def __repr__(self) -> str:
+        return f"Float32Vector({self.values()!r})"
 
 
 @dataclass(frozen=True, slots=True)
