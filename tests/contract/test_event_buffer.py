@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +17,9 @@ from worker.adapters.redis_store import RedisEventBuffer
 from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.ports import EventBuffer
 from worker.recsys_core.types import AppendStatus
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -40,6 +43,24 @@ class TestEventBufferContract:
         for ev in evs:
             assert await buffer.append(ev) is True
         assert await buffer.fetch_events("u1") == [evs[1], evs[0]]
+
+    async def test_windows_read_back_are_oldest_first_ties_by_message_id(
+            self, buffer: EventBuffer) -> None:
+        """``append_and_fetch`` gives each user's window as ``fetch_events``
+        orders it: by event time, then message id."""
+        evs = [event(user="a", content="3", days=1, mid="m-c"),
+               event(user="b", content="9", days=0, mid="z"),
+               event(user="a", content="1", days=1, mid="m-a", kind="purchase", weight=4.0),
+               event(user="a", content="2", days=0.5, mid="m-z"),
+               event(user="a", content="5", days=1, mid="m-b", weight=None)]
+        _, windows = await buffer.append_and_fetch(evs)  # type: ignore[attr-defined]
+        _, again = await buffer.append_and_fetch(evs[:1])  # type: ignore[attr-defined]
+        for user in ("a", "b"):
+            want = [(int((e.timestamp - EPOCH).total_seconds() * 1000), e.content_id,
+                     e.event_type, e.weight) for e in await buffer.fetch_events(user)]
+            assert windows[user] == want
+        assert [r[1] for r in windows["a"]] == ["2", "1", "5", "3"]
+        assert again == {"a": windows["a"]}
 
     async def test_redelivered_event_is_a_noop(self, buffer: EventBuffer) -> None:
         ev = event(content="1", mid="m-1")
@@ -393,3 +414,24 @@ async def test_co_candidates_stay_exact_when_the_id_codes_start_over(
             assert got == want
             tables.append(buf._id_codes)
         assert tables[0] is not tables[-1]  # it started over
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_no_partners_means_no_co_interaction_rows(kind: str, redis_url: str) -> None:
+    """``co_partners=0`` pairs a new item with none of the user's items (the
+    script once asked Redis for the range 0..-1, which is every item), while
+    the interaction counts are still kept."""
+    evs = [event(user=f"u{u}", content=str(i), days=i) for u in range(3) for i in range(4)]
+    items = [str(i) for i in range(4)]
+
+    async def check(buf: Any) -> None:
+        await buf.append_many(evs)
+        rows, counts = await buf.co_interactions(items, per_item=10)
+        assert all(not r for r in rows.values())
+        assert counts == {c: 3.0 for c in items}
+
+    if kind == "memory":
+        await check(InMemoryEventBuffer(co_partners=0))
+    else:
+        async with fresh_redis(redis_url) as client:
+            await check(RedisEventBuffer(client, co_partners=0))

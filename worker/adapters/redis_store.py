@@ -195,10 +195,13 @@ for _, entry in ipairs(batch) do
         if inc > 0 then add(pop, cid, inc, false) end
         if ev[6] == 1 then
           if not redis.call('ZSCORE', it, cid) then
-            local partners = redis.call('ZREVRANGE', it, 0, max_partners - 1)
-            for _, p in ipairs(partners) do
-              add(co .. p, cid, 1, true)
-              add(co .. cid, p, 1, true)
+            -- (no partners: not the range 0..-1, which is every item)
+            if max_partners > 0 then
+              local partners = redis.call('ZREVRANGE', it, 0, max_partners - 1)
+              for _, p in ipairs(partners) do
+                add(co .. p, cid, 1, true)
+                add(co .. cid, p, 1, true)
+              end
             end
             add(cnt, cid, 1, false)
           end
