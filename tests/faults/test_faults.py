@@ -62,7 +62,8 @@ async def test_worker_killed_repeatedly(make_run: Any) -> None:
 
     Static membership (WORKER_INSTANCE_ID), as in production: each restart takes
     the killed member's place at once. One kill lands during start-up, the others
-    at a random moment after the worker is ready, while the stream is flowing.
+    at a random moment after the worker is ready and interactions are being
+    buffered, while the stream is flowing.
     """
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -83,6 +84,11 @@ async def test_worker_killed_repeatedly(make_run: Any) -> None:
             phase, delay = "start-up", rng.uniform(1.0, 3.5)
         else:
             await _until_ready(w, readies + 1)
+            # Ingesting: the first records reach Redis seconds after the ready
+            # line (the group's assignment, the first fetch), and a kill before
+            # that is one more start-up kill (seen: two of four at 0.5 and 2.3 s).
+            await eventually(lambda: _buffered_at_least(run.env["REDIS_URL"], run.prefix, 1),
+                             timeout=120, what="the first interactions buffered")
             phase, delay = "ingesting", rng.uniform(0.5, 5.0)
         await asyncio.sleep(delay)  # the random kill point, not a wait for an outcome
         w.stop(signal.SIGKILL)
