@@ -18,7 +18,6 @@ from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.ports import EventBuffer
 from worker.recsys_core.types import AppendStatus
 
-
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
