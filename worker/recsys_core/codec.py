@@ -98,13 +98,12 @@ def _pack_vector(v: Sequence[float] | None) -> str | None:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _unpack_vector(raw: str | list[float] | None) -> tuple[float, ...] | None:
+def _unpack_vector(raw: str | list[float] | None) -> Sequence[float] | None:
     if not raw:
         return None
     if isinstance(raw, list):  # written by an earlier version
         return tuple(float(x) for x in raw)
-    data = base64.b64decode(raw)
-    return struct.unpack(f"<{len(data) // 4}f", data)
+    return Float32Vector(base64.b64decode(raw))
 
 
 def recommendation_to_dict(rec: Recommendation) -> dict[str, Any]:
