@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,11 +14,10 @@ from tests.factories import T0, event
 from worker.adapters import redis_store
 from worker.adapters.memory import InMemoryEventBuffer
 from worker.adapters.redis_store import RedisEventBuffer
+from worker.recsys_core.codec import datetime_to_ms
 from worker.recsys_core.cointeraction import co_interaction_candidates
 from worker.recsys_core.ports import EventBuffer
 from worker.recsys_core.types import AppendStatus
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -55,7 +54,7 @@ class TestEventBufferContract:
         _, windows = await buffer.append_and_fetch(evs)  # type: ignore[attr-defined]
         _, again = await buffer.append_and_fetch(evs[:1])  # type: ignore[attr-defined]
         for user in ("a", "b"):
-            want = [(int((e.timestamp - EPOCH).total_seconds() * 1000), e.content_id,
+            want = [(datetime_to_ms(e.timestamp), e.content_id,
                      e.event_type, e.weight) for e in await buffer.fetch_events(user)]
             assert windows[user] == want
         assert [r[1] for r in windows["a"]] == ["2", "1", "5", "3"]
