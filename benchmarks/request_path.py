@@ -172,10 +172,12 @@ async def main(args: argparse.Namespace) -> int:
 
     phases = []
     for ph in args.phases.split(","):
-        rate, concurrency, n, *who = ph.split(":")
-        if who not in ([], ["known"], ["new"]):
-            raise SystemExit(f"--phases: {ph!r}: the users are 'known' or 'new'")
-        phases.append((float(rate), float(concurrency), float(n), who[0] if who else "known"))
+        parts = ph.split(":")
+        if len(parts) == 3:
+            parts.append("known")
+        if len(parts) != 4 or parts[3] not in ("known", "new"):
+            raise SystemExit(f"--phases: {ph!r}: rate:in-flight:requests[:known|new]")
+        phases.append((float(parts[0]), float(parts[1]), float(parts[2]), parts[3]))
     bargs = bp.parse_args(["--only", "requests", "--users", str(args.users)])
     st = bp.stack_env()
     broker = st.get("KAFKA_BROKER", "127.0.0.1:19092")
